@@ -1,0 +1,202 @@
+//! Chromium: one warm browser per process, its tabs, and the page contract of serve URLs.
+//!
+//! **Architecture Invariant:** this module knows nothing of codecs, containers or storage.
+//! It turns a serve URL and a frame number into image bytes and asset records.
+
+pub mod contract;
+mod error;
+pub mod launch;
+pub mod pool;
+mod tab;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+use chromiumoxide::handler::HandlerConfig;
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+pub use contract::{CaptureFormat, CompositionInfo, CompositionMode, PageSetup, PageViewport};
+pub use error::BrowserError;
+pub use launch::{BrowserKind, Executable, LaunchOptions};
+pub use tab::Tab;
+
+use launch::ChromiumProcess;
+use tab::{COMMAND_DEADLINE, with_deadline};
+
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// One running Chromium and our CDP connection to it.
+struct Instance {
+    process: ChromiumProcess,
+    cdp: Arc<chromiumoxide::Browser>,
+    handler: tokio::task::JoinHandle<()>,
+    generation: u64,
+}
+
+impl Instance {
+    async fn start(
+        exe: &Executable,
+        options: &LaunchOptions,
+        generation: u64,
+    ) -> Result<Instance, BrowserError> {
+        let exe2 = exe.clone();
+        let opts = options.clone();
+        let process = tokio::task::spawn_blocking(move || {
+            ChromiumProcess::spawn(&exe2, &opts, LAUNCH_TIMEOUT)
+        })
+        .await
+        .map_err(|e| BrowserError::Launch(e.to_string()))??;
+        let config = HandlerConfig {
+            ignore_https_errors: options.ignore_certificate_errors,
+            viewport: None,
+            // Our own deadlines bound every call; chromiumoxide's must never cut a long,
+            // legitimate page-side wait short.
+            request_timeout: Duration::from_secs(24 * 3600),
+            ..HandlerConfig::default()
+        };
+        let (cdp, mut handler) = with_deadline(
+            "connecting to the browser",
+            COMMAND_DEADLINE,
+            chromiumoxide::Browser::connect_with_config(process.websocket_url.clone(), config),
+        )
+        .await?;
+        let handler = tokio::spawn(async move {
+            // A message chromiumoxide cannot parse is not a reason to drop the connection.
+            while let Some(event) = handler.next().await {
+                if let Err(e) = event {
+                    tracing::debug!("CDP handler: {e}");
+                }
+            }
+        });
+        tracing::info!(pid = process.pid(), browser = %exe.path.display(), "browser started");
+        Ok(Instance {
+            process,
+            cdp: Arc::new(cdp),
+            handler,
+            generation,
+        })
+    }
+
+    fn is_alive(&self) -> bool {
+        !self.handler.is_finished() && self.process.is_running()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.handler.abort();
+    }
+}
+
+/// A browser that is started once and replaced when it dies.
+pub struct Browser {
+    exe: Executable,
+    options: LaunchOptions,
+    current: Mutex<Option<Arc<Instance>>>,
+    generations: AtomicU64,
+}
+
+impl Browser {
+    /// Starts Chromium now, so the first render does not pay for it.
+    pub async fn launch(options: LaunchOptions) -> Result<Browser, BrowserError> {
+        let exe = Executable::find()?;
+        let browser = Browser {
+            exe,
+            options,
+            current: Mutex::new(None),
+            generations: AtomicU64::new(0),
+        };
+        browser.instance().await?;
+        Ok(browser)
+    }
+
+    pub fn options(&self) -> &LaunchOptions {
+        &self.options
+    }
+
+    pub fn kind(&self) -> BrowserKind {
+        self.exe.kind
+    }
+
+    /// The live instance, restarting Chromium if it has died.
+    async fn instance(&self) -> Result<Arc<Instance>, BrowserError> {
+        let mut current = self.current.lock().await;
+        if let Some(i) = current.as_ref()
+            && i.is_alive()
+        {
+            return Ok(i.clone());
+        }
+        if current.is_some() {
+            tracing::warn!("the browser died; starting a new one");
+        }
+        // Drop (and kill) the dead one before starting its replacement.
+        *current = None;
+        let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
+        let instance = Arc::new(Instance::start(&self.exe, &self.options, generation).await?);
+        *current = Some(instance.clone());
+        Ok(instance)
+    }
+
+    /// The PID of the running browser process (for tests and diagnostics).
+    pub async fn pid(&self) -> Option<u32> {
+        self.current.lock().await.as_ref().map(|i| i.process.pid())
+    }
+
+    /// How many browsers this handle has started.
+    pub fn generation(&self) -> u64 {
+        self.generations.load(Ordering::SeqCst)
+    }
+
+    /// Opens a tab in the default browser context. Tabs of one render must share it: the
+    /// site's tabs talk over a same-origin BroadcastChannel.
+    pub async fn new_tab(&self, label: &str, forward_console: bool) -> Result<Tab, BrowserError> {
+        let instance = self.instance().await?;
+        let params = CreateTargetParams {
+            url: "about:blank".into(),
+            // Full Chromium stops painting background tabs that share a window.
+            new_window: (self.exe.kind == BrowserKind::Chromium).then_some(true),
+            background: (self.exe.kind == BrowserKind::Chromium).then_some(false),
+            ..CreateTargetParams::new("about:blank")
+        };
+        let page = with_deadline(
+            "opening a tab",
+            COMMAND_DEADLINE,
+            instance.cdp.new_page(params),
+        )
+        .await?;
+        Tab::attach(
+            page,
+            instance.cdp.clone(),
+            label.to_string(),
+            forward_console,
+        )
+        .await
+    }
+
+    /// Kills the browser if it is still the instance `generation`, so the next tab starts a
+    /// fresh one. Used after a crash that took the whole browser.
+    pub async fn replace_if(&self, generation: u64) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_some_and(|i| i.generation == generation) {
+            *current = None;
+        }
+    }
+
+    pub async fn current_generation(&self) -> Option<u64> {
+        self.current.lock().await.as_ref().map(|i| i.generation)
+    }
+
+    /// Stops Chromium and every process it started.
+    pub async fn shutdown(&self) {
+        let instance = self.current.lock().await.take();
+        if let Some(i) = instance {
+            if let Ok(mut cdp) = Arc::try_unwrap(i.cdp.clone()).map_err(|_| ()) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), cdp.close()).await;
+            }
+            drop(i);
+        }
+    }
+}

@@ -1,0 +1,696 @@
+//! A render job: it ties the stages together and reports progress.
+//!
+//! site → composition → frame plan → (tab pool ‖ decode ‖ encoder) → file. The CLI and the
+//! HTTP service both call [`Renderer`]; neither knows how the stages work.
+//!
+//! **Architecture Invariant:** data flows one way: `render` calls `browser`, `encode` and
+//! `storage`; none of them calls back into `render` or into each other.
+
+pub mod frames;
+pub mod progress;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::browser::{
+    self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
+    PageSetup, PageViewport, contract, pool,
+};
+use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
+use crate::options::{
+    CompositionOverrides, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
+    VideoImageFormat,
+};
+use crate::site::{Access, Site, SiteError};
+
+pub use progress::{ProgressSender, RenderProgress};
+
+/// Everything that can fail a render, with the JS-style name the wire error carries.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error(transparent)]
+    Browser(#[from] BrowserError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    /// An option that does not fit this composition (frame range, concurrency, size).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("The render was cancelled")]
+    Cancelled,
+    #[error("{during}: {source}")]
+    Io {
+        during: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RenderError {
+    pub fn name(&self) -> String {
+        match self {
+            RenderError::Browser(e) => e.name().to_string(),
+            RenderError::Cancelled => "CancelledError".into(),
+            _ => "Error".into(),
+        }
+    }
+
+    /// The page's own stack when there is one, else `Name: message`.
+    pub fn stack(&self) -> String {
+        match self {
+            RenderError::Browser(e) => match e.stack() {
+                Some(s) if !s.is_empty() => s.to_string(),
+                _ => format!("{}: {}", e.name(), e),
+            },
+            other => format!("{}: {}", other.name(), other),
+        }
+    }
+}
+
+fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> RenderError {
+    move |source| RenderError::Io { during, source }
+}
+
+/// The composition a render uses, after calculateMetadata and the caller's overrides.
+#[derive(Debug, Clone)]
+pub struct ResolvedComposition {
+    pub info: CompositionInfo,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub duration_in_frames: u64,
+}
+
+impl ResolvedComposition {
+    fn new(info: CompositionInfo, o: &CompositionOverrides) -> Result<Self, RenderError> {
+        let r = ResolvedComposition {
+            width: o.width.unwrap_or(info.width),
+            height: o.height.unwrap_or(info.height),
+            fps: o.fps.unwrap_or(info.fps),
+            duration_in_frames: o.duration_in_frames.unwrap_or(info.duration_in_frames),
+            info,
+        };
+        if r.width == 0 || r.height == 0 || r.duration_in_frames == 0 {
+            return Err(RenderError::Invalid(format!(
+                "The forced size {}x{} and duration {} must all be positive",
+                r.width, r.height, r.duration_in_frames
+            )));
+        }
+        Ok(r)
+    }
+
+    fn mode(&self, width: u32, height: u32) -> CompositionMode {
+        CompositionMode {
+            id: self.info.id.clone(),
+            width,
+            height,
+            fps: self.fps,
+            duration_in_frames: self.duration_in_frames,
+            serialized_resolved_props: self
+                .info
+                .serialized_resolved_props_with_custom_schema
+                .clone(),
+            default_codec: self.info.default_codec.clone(),
+            default_out_name: self.info.default_out_name.clone(),
+            default_video_image_format: self.info.default_video_image_format.clone(),
+            default_pixel_format: self.info.default_pixel_format.clone(),
+            default_pro_res_profile: self.info.default_pro_res_profile.clone(),
+            default_sample_rate: self.info.default_sample_rate,
+        }
+    }
+}
+
+/// What a finished media render produced.
+#[derive(Debug, Clone)]
+pub struct MediaOutcome {
+    pub composition: ResolvedComposition,
+    pub frames: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Per captured frame, in output order: the assets the page registered (for audio).
+    pub assets: Vec<(u64, Value)>,
+    pub elapsed: Duration,
+}
+
+/// Owns the warm browser; one per process.
+pub struct Renderer {
+    browser: Arc<Browser>,
+    cpus: usize,
+}
+
+/// The browser a render runs in: the warm one, or one of its own for special launch flags.
+struct BrowserLease {
+    browser: Arc<Browser>,
+    dedicated: bool,
+}
+
+impl Drop for BrowserLease {
+    fn drop(&mut self) {
+        if self.dedicated {
+            let b = self.browser.clone();
+            tokio::spawn(async move { b.shutdown().await });
+        }
+    }
+}
+
+impl Renderer {
+    /// Starts the warm browser.
+    pub async fn start() -> Result<Renderer, RenderError> {
+        let browser = Browser::launch(LaunchOptions::service_default()).await?;
+        Ok(Renderer {
+            browser: Arc::new(browser),
+            cpus: crate::system::cpu_count(),
+        })
+    }
+
+    pub fn browser(&self) -> &Arc<Browser> {
+        &self.browser
+    }
+
+    pub async fn shutdown(&self) {
+        self.browser.shutdown().await;
+    }
+
+    async fn lease(&self, site: &SiteOptions) -> Result<BrowserLease, RenderError> {
+        if !site.chromium.headless {
+            tracing::warn!(
+                "chromiumOptions.headless=false asked for a visible browser; there is no display here, so it stays headless"
+            );
+        }
+        let wanted = LaunchOptions::for_render(&site.chromium);
+        if &wanted == self.browser.options() {
+            return Ok(BrowserLease {
+                browser: self.browser.clone(),
+                dedicated: false,
+            });
+        }
+        tracing::info!(
+            ?wanted,
+            "this render's chromiumOptions need a browser of its own"
+        );
+        Ok(BrowserLease {
+            browser: Arc::new(Browser::launch(wanted).await?),
+            dedicated: true,
+        })
+    }
+
+    fn page_setup(site: &SiteOptions, opened: &Site) -> PageSetup {
+        PageSetup {
+            url: opened.url.clone(),
+            timeout: site.timeout,
+            serialized_input_props: site.serialized_input_props.clone(),
+            env_variables: site.env_variables.clone(),
+            log_level: site.log_level,
+            proxy_port: opened.proxy_port,
+            initial_frame: 0,
+            is_main_tab: true,
+            audio_enabled: false,
+            video_enabled: false,
+            sample_rate: 48_000,
+            media_cache_size_in_bytes: site.offthread_video_cache_size_in_bytes,
+            user_agent: site.chromium.user_agent.clone(),
+            dark_mode: site.chromium.dark_mode,
+            viewport: None,
+        }
+    }
+
+    /// Opens the site in a fresh tab in evaluation mode and runs `f` on it.
+    async fn with_evaluation_tab<T>(
+        browser: &Browser,
+        setup: &PageSetup,
+        f: impl AsyncFnOnce(&browser::Tab) -> Result<T, BrowserError>,
+    ) -> Result<T, RenderError> {
+        let tab = browser
+            .new_tab("compositions", setup.log_level.forwards_page_console())
+            .await?;
+        let result = async {
+            contract::open(&tab, setup).await?;
+            f(&tab).await
+        }
+        .await;
+        tab.close().await;
+        Ok(result?)
+    }
+
+    /// Every composition of a site (calculateMetadata applied).
+    pub async fn compositions(
+        &self,
+        site: &SiteOptions,
+        access: Access,
+    ) -> Result<Vec<CompositionInfo>, RenderError> {
+        let opened = Site::open(&site.serve_url, access).await?;
+        let lease = self.lease(site).await?;
+        let setup = Self::page_setup(site, &opened);
+        let timeout = site.timeout;
+        Self::with_evaluation_tab(&lease.browser, &setup, async |tab| {
+            contract::list_compositions(tab, timeout).await
+        })
+        .await
+    }
+
+    async fn select(
+        browser: &Browser,
+        site: &SiteOptions,
+        opened: &Site,
+        id: &str,
+        overrides: &CompositionOverrides,
+    ) -> Result<ResolvedComposition, RenderError> {
+        let setup = Self::page_setup(site, opened);
+        let timeout = site.timeout;
+        let info = Self::with_evaluation_tab(browser, &setup, async |tab| {
+            contract::select_composition(tab, id, timeout).await
+        })
+        .await?;
+        ResolvedComposition::new(info, overrides)
+    }
+
+    /// Renders a video (or audio-only) file to `output`. On error nothing is left at `output`.
+    pub async fn render_media(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        access: Access,
+        output: &Path,
+        progress: &ProgressSender,
+        cancel: &CancellationToken,
+    ) -> Result<MediaOutcome, RenderError> {
+        let result = self
+            .render_media_inner(site, media, access, output, progress, cancel)
+            .await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(output);
+        }
+        result
+    }
+
+    async fn render_media_inner(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        access: Access,
+        output: &Path,
+        progress: &ProgressSender,
+        cancel: &CancellationToken,
+    ) -> Result<MediaOutcome, RenderError> {
+        let started = Instant::now();
+        let tabs_wanted = media
+            .concurrency
+            .resolve(self.cpus)
+            .map_err(RenderError::Invalid)?;
+        let opened = Site::open(&site.serve_url, access).await?;
+        let lease = self.lease(site).await?;
+        let browser = lease.browser.clone();
+        let composition = cancellable(
+            cancel,
+            Self::select(
+                &browser,
+                site,
+                &opened,
+                &media.composition_id,
+                &media.overrides,
+            ),
+        )
+        .await?;
+
+        let image_format = encode::resolve_image_format(
+            media,
+            composition.info.default_video_image_format.as_deref(),
+        );
+        encode::validate(media, image_format)?;
+        let frames = frames::select_frames(
+            &media.frame_range,
+            media.every_nth_frame,
+            composition.duration_in_frames,
+        )
+        .map_err(RenderError::Invalid)?;
+        let (css_width, css_height) = even_dimensions(media, composition.width, composition.height);
+        let (width, height) = (
+            (css_width as f64 * media.scale).round() as u32,
+            (css_height as f64 * media.scale).round() as u32,
+        );
+        let output_fps = composition.fps / media.every_nth_frame as f64;
+        if media.codec.is_audio_only() {
+            return Err(RenderError::Invalid(format!(
+                "Audio-only codecs (\"{}\") are not supported yet",
+                media.codec
+            )));
+        }
+        let settings = encode::settings(media, width, height, output_fps)?;
+        let format = match image_format {
+            VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
+                quality: media.jpeg_quality,
+            }),
+            VideoImageFormat::Png => Some(CaptureFormat::Png),
+            VideoImageFormat::None => None,
+        };
+        let total = frames.len() as u64;
+        let tabs = tabs_wanted.min(frames.len()).max(1);
+        progress.send_replace(RenderProgress {
+            rendered: 0,
+            encoded: 0,
+            total,
+        });
+        tracing::info!(
+            composition = %composition.info.id,
+            frames = total,
+            tabs,
+            width,
+            height,
+            fps = output_fps,
+            codec = %media.codec,
+            "rendering"
+        );
+
+        let mut setup = Self::page_setup(site, &opened);
+        setup.audio_enabled = !media.muted;
+        setup.video_enabled = format.is_some();
+        setup.sample_rate = composition.info.default_sample_rate.unwrap_or(48_000);
+        setup.viewport = Some(PageViewport {
+            width: css_width,
+            height: css_height,
+            scale: media.scale,
+        });
+        let job = pool::CaptureJob {
+            setup,
+            mode: composition.mode(css_width, css_height),
+            frames,
+            tabs,
+            format,
+        };
+
+        // Frames in flight (captured, decoding, waiting for their turn, queued to the encoder).
+        let in_flight = (tabs * 2).max(tabs + 4);
+        let admission = Arc::new(Semaphore::new(in_flight));
+        let (captured_tx, captured_rx) = mpsc::channel(in_flight);
+        let stop = cancel.child_token();
+        let capture = tokio::spawn(pool::capture(
+            browser.clone(),
+            job,
+            admission,
+            captured_tx,
+            stop.clone(),
+        ));
+
+        let encoded = Arc::new(AtomicU64::new(0));
+        let (encoder_tx, encoder_thread) =
+            spawn_encoder(output.to_path_buf(), settings, encoded.clone())?;
+
+        let ordered =
+            order_and_decode(captured_rx, encoder_tx, total, progress, &encoded, &stop).await;
+        if ordered.is_err() {
+            stop.cancel();
+        }
+        let captured = capture.await.unwrap_or_else(|e| {
+            Err(BrowserError::Protocol {
+                during: "capturing frames".into(),
+                message: format!("the capture task failed: {e}"),
+            })
+        });
+        // Errors, in order of what explains the failure best.
+        let encoder_result = tokio::task::spawn_blocking(move || encoder_thread.join())
+            .await
+            .map_err(|e| RenderError::Invalid(format!("the encoder thread failed: {e}")))?
+            .map_err(|_| RenderError::Invalid("the encoder thread panicked".into()))?;
+        if cancel.is_cancelled() {
+            return Err(RenderError::Cancelled);
+        }
+        captured?;
+        let assets = ordered?;
+        let frames_written = encoder_result?;
+        progress.send_modify(|p| {
+            p.rendered = total;
+            p.encoded = total;
+        });
+        Ok(MediaOutcome {
+            composition,
+            frames: frames_written,
+            width,
+            height,
+            assets,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Renders one frame to an image (or a PDF) and returns its bytes.
+    pub async fn render_still(
+        &self,
+        site: &SiteOptions,
+        still: &StillOptions,
+        access: Access,
+        cancel: &CancellationToken,
+    ) -> Result<(ResolvedComposition, Bytes), RenderError> {
+        let opened = Site::open(&site.serve_url, access).await?;
+        let lease = self.lease(site).await?;
+        let browser = lease.browser.clone();
+        let composition = cancellable(
+            cancel,
+            Self::select(
+                &browser,
+                site,
+                &opened,
+                &still.composition_id,
+                &still.overrides,
+            ),
+        )
+        .await?;
+        let duration = composition.duration_in_frames as i64;
+        let frame = if still.frame < 0 {
+            duration + still.frame
+        } else {
+            still.frame
+        };
+        if frame < 0 || frame >= duration {
+            return Err(RenderError::Invalid(format!(
+                "Cannot use frame {}: the composition \"{}\" has {} frames (0 to {}; negative numbers count from the end)",
+                still.frame,
+                composition.info.id,
+                duration,
+                duration - 1
+            )));
+        }
+        let frame = frame as u64;
+        let mut setup = Self::page_setup(site, &opened);
+        setup.initial_frame = frame;
+        setup.video_enabled = true;
+        setup.viewport = Some(PageViewport {
+            width: composition.width,
+            height: composition.height,
+            scale: still.scale,
+        });
+        let mode = composition.mode(composition.width, composition.height);
+        let tab = browser
+            .new_tab("still", site.log_level.forwards_page_console())
+            .await?;
+        let shot = async {
+            contract::open(&tab, &setup).await?;
+            let transparent = still.image_format != StillImageFormat::Jpeg;
+            if matches!(
+                still.image_format,
+                StillImageFormat::Png | StillImageFormat::Webp
+            ) {
+                contract::make_background_transparent(&tab).await?;
+            }
+            contract::enter_composition_mode(&tab, &mode, site.timeout).await?;
+            let background = if transparent { "transparent" } else { "black" };
+            contract::seek(&tab, &mode.id, frame, 0, site.timeout, background).await?;
+            match still.image_format {
+                StillImageFormat::Pdf => contract::print_pdf(&tab, mode.width, mode.height).await,
+                StillImageFormat::Png => {
+                    contract::capture(&tab, CaptureFormat::Png, mode.width, mode.height).await
+                }
+                StillImageFormat::Webp => {
+                    contract::capture(&tab, CaptureFormat::Webp, mode.width, mode.height).await
+                }
+                StillImageFormat::Jpeg => {
+                    contract::capture(
+                        &tab,
+                        CaptureFormat::Jpeg {
+                            quality: still.jpeg_quality,
+                        },
+                        mode.width,
+                        mode.height,
+                    )
+                    .await
+                }
+            }
+        };
+        let result = cancellable(cancel, async { Ok(shot.await?) }).await;
+        tab.close().await;
+        Ok((composition, result?))
+    }
+}
+
+/// H.264/H.265 need even sizes: like the renderer, shrink each side until `round(side ×
+/// scale)` is even, instead of failing.
+fn even_dimensions(media: &MediaOptions, width: u32, height: u32) -> (u32, u32) {
+    if !media.codec.needs_even_dimensions() {
+        return (width, height);
+    }
+    let fix = |mut d: u32| {
+        while d > 1 && ((d as f64 * media.scale).round() as u64) % 2 == 1 {
+            d -= 1;
+        }
+        d
+    };
+    let (w, h) = (fix(width), fix(height));
+    if (w, h) != (width, height) {
+        tracing::warn!(
+            "{} needs even dimensions: rendering {width}x{height} as {w}x{h}",
+            media.codec
+        );
+    }
+    (w, h)
+}
+
+async fn cancellable<T>(
+    cancel: &CancellationToken,
+    fut: impl Future<Output = Result<T, RenderError>>,
+) -> Result<T, RenderError> {
+    tokio::select! {
+        r = fut => r,
+        _ = cancel.cancelled() => Err(RenderError::Cancelled),
+    }
+}
+
+type EncoderJoin = std::thread::JoinHandle<Result<u64, RenderError>>;
+
+/// The encoder runs on its own thread, fed in frame order; memory is bounded by the channel
+/// and the capture admission permits that travel with each frame.
+fn spawn_encoder(
+    path: std::path::PathBuf,
+    settings: encode::VideoSettings,
+    encoded: Arc<AtomicU64>,
+) -> Result<(mpsc::Sender<OrderedFrame>, EncoderJoin), RenderError> {
+    let (tx, mut rx) = mpsc::channel::<OrderedFrame>(2);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("encoder".into())
+        .spawn(move || {
+            let mut encoder = match VideoEncoder::create(&path, &settings) {
+                Ok(e) => {
+                    let _ = ready_tx.send(Ok(()));
+                    e
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = ready_tx.send(Err(e));
+                    return Err(RenderError::Invalid(msg));
+                }
+            };
+            let mut complete = true;
+            while let Some(frame) = rx.blocking_recv() {
+                match frame {
+                    OrderedFrame::Frame(decoded, _permit) => {
+                        encoder.push(&decoded)?;
+                        encoded.store(encoder.encoded_frames(), Ordering::Relaxed);
+                    }
+                    OrderedFrame::Abort => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                return Err(RenderError::Cancelled);
+            }
+            let n = encoder.finish()?;
+            encoded.store(n, Ordering::Relaxed);
+            Ok(n)
+        })
+        .map_err(io("starting the encoder thread"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok((tx, handle)),
+        Ok(Err(e)) => {
+            let _ = handle.join();
+            Err(e.into())
+        }
+        Err(_) => Err(RenderError::Invalid("the encoder thread died".into())),
+    }
+}
+
+enum OrderedFrame {
+    Frame(DecodedFrame, tokio::sync::OwnedSemaphorePermit),
+    /// Stop without finalising the file.
+    Abort,
+}
+
+/// Decodes captured frames in parallel and hands them to the encoder in order.
+/// Returns the assets of every frame, in output order.
+async fn order_and_decode(
+    mut captured: mpsc::Receiver<pool::CapturedFrame>,
+    encoder: mpsc::Sender<OrderedFrame>,
+    total: u64,
+    progress: &ProgressSender,
+    encoded: &AtomicU64,
+    stop: &CancellationToken,
+) -> Result<Vec<(u64, Value)>, RenderError> {
+    let mut decoding = tokio::task::JoinSet::new();
+    let mut ready: BTreeMap<usize, OrderedFrame> = BTreeMap::new();
+    let mut assets = Vec::with_capacity(total as usize);
+    let mut next = 0usize;
+    let mut rendered = 0u64;
+    let mut capture_open = true;
+    let abort = async |encoder: &mpsc::Sender<OrderedFrame>| {
+        let _ = encoder.send(OrderedFrame::Abort).await;
+    };
+    while (next as u64) < total {
+        if !capture_open && decoding.is_empty() {
+            // Capture ended before every frame arrived: it failed, and will say why.
+            abort(&encoder).await;
+            return Err(RenderError::Invalid("frame capture stopped early".into()));
+        }
+        tokio::select! {
+            frame = captured.recv(), if capture_open => match frame {
+                Some(f) => {
+                    rendered += 1;
+                    assets.push((f.position, f.frame, f.assets));
+                    let permit = f.permit;
+                    let position = f.position;
+                    let image = f.image;
+                    decoding.spawn_blocking(move || {
+                        let decoded = match image {
+                            Some(bytes) => encode::decode_frame(&bytes),
+                            None => Err(EncodeError::Decode("no image was captured".into())),
+                        };
+                        (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))
+                    });
+                }
+                None => capture_open = false,
+            },
+            Some(done) = decoding.join_next() => {
+                let (position, decoded) = done.map_err(|e| RenderError::Invalid(format!("a decode task failed: {e}")))?;
+                match decoded {
+                    Ok(frame) => { ready.insert(position, frame); }
+                    Err(e) => { abort(&encoder).await; return Err(e.into()); }
+                }
+                while let Some(frame) = ready.remove(&next) {
+                    if encoder.send(frame).await.is_err() {
+                        // The encoder thread stopped; its own error explains why.
+                        return Err(RenderError::Invalid("the encoder stopped early".into()));
+                    }
+                    next += 1;
+                }
+            },
+            _ = stop.cancelled() => { abort(&encoder).await; return Err(RenderError::Cancelled); }
+        }
+        progress.send_if_modified(|p| {
+            let e = encoded.load(Ordering::Relaxed);
+            let changed = p.rendered != rendered || p.encoded != e;
+            p.rendered = rendered;
+            p.encoded = e;
+            changed
+        });
+    }
+    drop(encoder);
+    assets.sort_by_key(|(position, _, _)| *position);
+    Ok(assets.into_iter().map(|(_, frame, a)| (frame, a)).collect())
+}

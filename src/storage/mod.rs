@@ -1,0 +1,201 @@
+//! Where finished renders go: Google Cloud Storage in production, a local directory for
+//! development and the demo.
+//!
+//! **Architecture Invariant:** an object appears at its final key only when it is complete.
+
+mod local;
+
+use std::path::{Path, PathBuf};
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::options::{DownloadBehavior, Privacy};
+
+pub use local::LocalStore;
+
+/// Selects the local backend for `serve`: objects land in `<dir>/<bucket>/<key>`.
+pub const LOCAL_STORAGE_ENV: &str = "CLOUDRUN_RENDER_LOCAL_STORAGE";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("Could not upload {key} to bucket {bucket}: {message}")]
+    Upload {
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("Storage is not configured: {0}")]
+    Config(String),
+}
+
+/// An object as the storage reports it after the upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    pub public_url: Option<String>,
+    pub cloud_storage_uri: String,
+}
+
+/// How an object is written: its type, disposition and ACL.
+#[derive(Debug, Clone)]
+pub struct ObjectOptions {
+    pub content_type: String,
+    pub content_disposition: Option<String>,
+    pub privacy: Privacy,
+}
+
+pub enum Storage {
+    Local(LocalStore),
+}
+
+impl Storage {
+    /// The backend the environment asks for.
+    pub async fn from_env() -> Result<Storage, StorageError> {
+        if let Ok(dir) = std::env::var(LOCAL_STORAGE_ENV)
+            && !dir.is_empty()
+        {
+            return Ok(Storage::Local(LocalStore::new(PathBuf::from(dir))?));
+        }
+        Err(StorageError::Config(format!(
+            "set {LOCAL_STORAGE_ENV} to a directory to store renders locally"
+        )))
+    }
+
+    /// Uploads a finished file. The object appears at `key` only once it is complete.
+    pub async fn upload_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        options: &ObjectOptions,
+    ) -> Result<StoredObject, StorageError> {
+        match self {
+            Storage::Local(s) => s.put_file(bucket, key, path, options).await,
+        }
+    }
+
+    pub async fn upload_bytes(
+        &self,
+        bucket: &str,
+        key: &str,
+        bytes: Vec<u8>,
+        options: &ObjectOptions,
+    ) -> Result<StoredObject, StorageError> {
+        match self {
+            Storage::Local(s) => s.put_bytes(bucket, key, bytes, options).await,
+        }
+    }
+}
+
+/// `renders/{renderId}/{name}`.
+pub fn object_key(render_id: &str, name: &str) -> String {
+    format!("renders/{render_id}/{name}")
+}
+
+/// 10 characters of `[a-z0-9]`, like the original's render ids.
+pub fn random_render_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// JavaScript's `encodeURIComponent`: everything but `A–Z a–z 0–9 - _ . ! ~ * ' ( )`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+pub fn encode_uri_component(s: &str) -> String {
+    utf8_percent_encode(s, URI_COMPONENT).to_string()
+}
+
+/// `downloadBehavior` → `Content-Disposition`, exactly as the original service builds it.
+pub fn content_disposition(behavior: &DownloadBehavior) -> Option<String> {
+    const ALREADY_ENCODED: &[&str] = &[
+        "%3A", "%2F", "%3F", "%23", "%5B", "%5D", "%40", "%21", "%24", "%26", "%27", "%28", "%29",
+        "%2A", "%2B", "%2C", "%3B",
+    ];
+    match behavior {
+        DownloadBehavior::PlayInBrowser => None,
+        DownloadBehavior::Download { file_name: None } => Some("attachment".into()),
+        DownloadBehavior::Download {
+            file_name: Some(name),
+        } => {
+            let encoded = if ALREADY_ENCODED.iter().any(|e| name.contains(e)) {
+                name.clone()
+            } else {
+                encode_uri_component(name)
+            };
+            Some(format!("attachment; filename=\"{encoded}\""))
+        }
+    }
+}
+
+/// `https://storage.googleapis.com/{bucket}/{encodeURIComponent(key)}`, slashes as `%2F`
+/// like the Node SDK's `publicUrl()`.
+pub fn public_url(bucket: &str, key: &str) -> String {
+    format!(
+        "https://storage.googleapis.com/{bucket}/{}",
+        encode_uri_component(key)
+    )
+}
+
+/// The wire's `privacy` for a setting.
+pub fn privacy_label(p: Privacy) -> &'static str {
+    match p {
+        Privacy::Public => "public-read",
+        Privacy::Private => "project-private",
+        Privacy::NoAcl => "no-acl",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispositions() {
+        assert_eq!(content_disposition(&DownloadBehavior::PlayInBrowser), None);
+        assert_eq!(
+            content_disposition(&DownloadBehavior::Download { file_name: None }).as_deref(),
+            Some("attachment")
+        );
+        let d = |n: &str| {
+            content_disposition(&DownloadBehavior::Download {
+                file_name: Some(n.into()),
+            })
+            .unwrap()
+        };
+        assert_eq!(d("my video.mp4"), "attachment; filename=\"my%20video.mp4\"");
+        assert_eq!(d("ä(1)!.mp4"), "attachment; filename=\"%C3%A4(1)!.mp4\"");
+        assert_eq!(d("a%2Fb.mp4"), "attachment; filename=\"a%2Fb.mp4\"");
+        assert_eq!(d("a\"b.mp4"), "attachment; filename=\"a%22b.mp4\"");
+    }
+
+    #[test]
+    fn urls_and_ids() {
+        assert_eq!(
+            public_url("b", "renders/abc/out.mp4"),
+            "https://storage.googleapis.com/b/renders%2Fabc%2Fout.mp4"
+        );
+        let id = random_render_id();
+        assert_eq!(id.len(), 10);
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
+        assert_ne!(random_render_id(), random_render_id());
+        assert_eq!(object_key("x", "a/b.mp4"), "renders/x/a/b.mp4");
+    }
+}

@@ -1,0 +1,100 @@
+//! What the machine (or the Cloud Run container) gives us.
+
+/// Overrides the detected CPU count (tests, or operators who know better).
+pub const CPUS_ENV: &str = "CLOUDRUN_RENDER_CPUS";
+
+/// CPUs available to this process: the affinity mask and the cgroup CPU quota both count,
+/// so a 2-vCPU Cloud Run instance on a 64-core host says 2.
+pub fn cpu_count() -> usize {
+    if let Some(n) = std::env::var(CPUS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
+        return n;
+    }
+    let std_count = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    match cgroup_cpu_quota() {
+        Some(q) => std_count.min(q.max(1)),
+        None => std_count,
+    }
+}
+
+/// `ceil(quota / period)` from cgroup v2 `cpu.max` or v1 `cpu.cfs_quota_us`.
+fn cgroup_cpu_quota() -> Option<usize> {
+    if let Ok(s) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
+        return parse_cpu_max(&s);
+    }
+    let quota: i64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let period: i64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (quota > 0 && period > 0).then(|| (quota as f64 / period as f64).ceil() as usize)
+}
+
+fn parse_cpu_max(s: &str) -> Option<usize> {
+    let mut parts = s.split_whitespace();
+    let quota = parts.next()?;
+    let period: f64 = parts.next()?.parse().ok()?;
+    if quota == "max" || period <= 0.0 {
+        return None;
+    }
+    let quota: f64 = quota.parse().ok()?;
+    Some((quota / period).ceil() as usize)
+}
+
+/// Bytes of memory we may still use: the smaller of the cgroup's headroom and MemAvailable.
+pub fn available_memory() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(u64::MAX);
+    let cgroup = (|| {
+        let max: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let current: u64 = std::fs::read_to_string("/sys/fs/cgroup/memory.current")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(max.saturating_sub(current))
+    })()
+    .unwrap_or(u64::MAX);
+    meminfo.min(cgroup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_parsing() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("200000 100000\n"), Some(2));
+        assert_eq!(parse_cpu_max("150000 100000"), Some(2));
+        assert_eq!(parse_cpu_max("100000 100000"), Some(1));
+    }
+
+    #[test]
+    fn counts_are_sane() {
+        assert!(cpu_count() >= 1);
+        assert!(available_memory() > 0);
+    }
+}
