@@ -484,7 +484,7 @@ mod tests {
     fn every_render_flag_reaches_the_options() {
         let dir = tempfile::tempdir().unwrap();
         let env = dir.path().join(".env");
-        std::fs::write(&env, "FIXTURE_COLOR=#123456\n").unwrap();
+        std::fs::write(&env, "FIXTURE_COLOR=\"#123456\"\n").unwrap();
         let cli = parse(&[
             "render",
             "site",

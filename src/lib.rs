@@ -1,6 +1,8 @@
 //! cloudrun-render: a render service for Google Cloud Run, wire-compatible with Remotion's
 //! `renderMediaOnCloudrun()` / `renderStillOnCloudrun()` clients. See ARCHITECTURE.md.
 
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod browser;
 pub mod cli;

@@ -34,14 +34,6 @@ impl PayloadError {
     }
 }
 
-/// `type: "media"` or `type: "still"`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum CloudRunPayload {
-    Media(Box<MediaPayload>),
-    Still(Box<StillPayload>),
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChromiumOptionsPayload {
@@ -180,8 +172,31 @@ pub enum RenderRequest {
 
 /// Parses a request body. The error names the field that is wrong.
 pub fn parse_request(body: &[u8]) -> Result<RenderRequest, PayloadError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let payload: CloudRunPayload = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| PayloadError::new("(body)", format!("is not JSON: {e}")))?;
+    // Dispatch on `type` by hand: serde's internally tagged enums buffer the content and
+    // lose the path of a bad field.
+    match value.get("type").and_then(Value::as_str) {
+        Some("media") => Ok(RenderRequest::Media(Box::new(
+            from_value::<MediaPayload>(value)?.into_request()?,
+        ))),
+        Some("still") => Ok(RenderRequest::Still(Box::new(
+            from_value::<StillPayload>(value)?.into_request()?,
+        ))),
+        other => Err(PayloadError::new(
+            "type",
+            format!(
+                "expected \"media\" or \"still\", got {}",
+                other
+                    .map(|t| format!("\"{t}\""))
+                    .unwrap_or_else(|| "nothing".into())
+            ),
+        )),
+    }
+}
+
+fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = if path == "." {
@@ -190,11 +205,7 @@ pub fn parse_request(body: &[u8]) -> Result<RenderRequest, PayloadError> {
             path
         };
         PayloadError::new(&field, inner.to_string())
-    })?;
-    match payload {
-        CloudRunPayload::Media(m) => Ok(RenderRequest::Media(Box::new(m.into_request()?))),
-        CloudRunPayload::Still(s) => Ok(RenderRequest::Still(Box::new(s.into_request()?))),
-    }
+    })
 }
 
 fn parse_named<T: std::str::FromStr<Err = String>>(
@@ -269,7 +280,8 @@ fn chromium_options(p: Option<ChromiumOptionsPayload>) -> Result<ChromiumOptions
     })
 }
 
-fn site_options(
+/// The fields both payload kinds share about opening the site.
+struct SiteFields {
     serve_url: String,
     props: Option<String>,
     env: Option<BTreeMap<String, String>>,
@@ -278,7 +290,19 @@ fn site_options(
     log_level: Option<String>,
     cache_size: Option<f64>,
     threads: Option<f64>,
-) -> Result<SiteOptions, PayloadError> {
+}
+
+fn site_options(f: SiteFields) -> Result<SiteOptions, PayloadError> {
+    let SiteFields {
+        serve_url,
+        props,
+        env,
+        chromium,
+        timeout_ms,
+        log_level,
+        cache_size,
+        threads,
+    } = f;
     if serve_url.trim().is_empty() {
         return Err(PayloadError::new("serveUrl", "must not be empty"));
     }
@@ -474,16 +498,16 @@ impl MediaPayload {
             ));
         }
         Ok(MediaRequest {
-            site: site_options(
-                self.serve_url,
-                self.serialized_input_props_with_custom_schema,
-                self.env_variables,
-                self.chromium_options,
-                self.delay_render_timeout_in_milliseconds,
-                self.log_level,
-                self.offthread_video_cache_size_in_bytes,
-                self.offthread_video_threads,
-            )?,
+            site: site_options(SiteFields {
+                serve_url: self.serve_url,
+                props: self.serialized_input_props_with_custom_schema,
+                env: self.env_variables,
+                chromium: self.chromium_options,
+                timeout_ms: self.delay_render_timeout_in_milliseconds,
+                log_level: self.log_level,
+                cache_size: self.offthread_video_cache_size_in_bytes,
+                threads: self.offthread_video_threads,
+            })?,
             media,
             upload: upload_options(
                 self.output_bucket,
@@ -524,16 +548,16 @@ impl StillPayload {
             scale: scale(self.scale)?,
         };
         Ok(StillRequest {
-            site: site_options(
-                self.serve_url,
-                self.serialized_input_props_with_custom_schema,
-                self.env_variables,
-                self.chromium_options,
-                self.delay_render_timeout_in_milliseconds,
-                self.log_level,
-                self.offthread_video_cache_size_in_bytes,
-                self.offthread_video_threads,
-            )?,
+            site: site_options(SiteFields {
+                serve_url: self.serve_url,
+                props: self.serialized_input_props_with_custom_schema,
+                env: self.env_variables,
+                chromium: self.chromium_options,
+                timeout_ms: self.delay_render_timeout_in_milliseconds,
+                log_level: self.log_level,
+                cache_size: self.offthread_video_cache_size_in_bytes,
+                threads: self.offthread_video_threads,
+            })?,
             still,
             upload: upload_options(
                 self.output_bucket,
@@ -827,7 +851,7 @@ mod tests {
             ),
             (
                 json!({"downloadBehavior": {"type": "stream"}}),
-                "downloadBehavior",
+                "downloadBehavior.type",
             ),
         ];
         for (extra, field) in cases {

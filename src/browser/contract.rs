@@ -339,7 +339,7 @@ pub async fn wait_for_ready(
         )),
         Err(BrowserError::Deadline { .. }) => {
             let labels = tab
-                .evaluate(
+                .evaluate_diagnostics(
                     "reading the open delayRender() handles",
                     Duration::from_secs(5),
                     "Object.values(window.remotion_delayRenderTimeouts || {}).map((t) => t && t.label ? String(t.label) : '(no label)')",
@@ -360,7 +360,7 @@ pub async fn wait_for_ready(
 
 async fn cancelled_error(tab: &Tab) -> BrowserError {
     let stack = tab
-        .evaluate(
+        .evaluate_diagnostics(
             "reading why the render was cancelled",
             Duration::from_secs(5),
             "window.remotion_cancelledError === undefined ? null : String(window.remotion_cancelledError)",

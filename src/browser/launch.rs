@@ -393,3 +393,48 @@ fn spawn_on_launcher_thread(cmd: Command) -> std::io::Result<Child> {
         .recv()
         .map_err(|_| std::io::Error::other("launcher thread is gone"))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_follow_the_options() {
+        let dir = Path::new("/tmp/profile");
+        let base = flags(
+            BrowserKind::HeadlessShell,
+            &LaunchOptions::service_default(),
+            dir,
+        );
+        for f in [
+            "--headless=old",
+            "--no-zygote",
+            "--use-gl=angle",
+            "--use-angle=swiftshader",
+            "--disable-background-timer-throttling",
+            "--disable-renderer-backgrounding",
+            "--remote-debugging-port=0",
+            "--user-data-dir=/tmp/profile",
+        ] {
+            assert!(base.iter().any(|a| a == f), "missing {f}");
+        }
+        assert!(!base.iter().any(|a| a == "--ignore-certificate-errors"));
+        let custom = LaunchOptions {
+            gl: Some(GlRenderer::Vulkan),
+            ignore_certificate_errors: true,
+            disable_web_security: true,
+            user_agent: Some("UA x".into()),
+        };
+        let f = flags(BrowserKind::Chromium, &custom, dir);
+        for want in [
+            "--headless=new",
+            "--use-angle=vulkan",
+            "--ignore-certificate-errors",
+            "--disable-web-security",
+            "--user-agent=UA x",
+        ] {
+            assert!(f.iter().any(|a| a == want), "missing {want}");
+        }
+        assert!(!f.iter().any(|a| a == "--use-angle=swiftshader"));
+    }
+}

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use chromiumoxide::cdp::browser_protocol::target::CreateTargetParams;
+use chromiumoxide::cdp::browser_protocol::target::{CreateTargetParams, GetTargetsParams};
 use chromiumoxide::handler::HandlerConfig;
 use futures::StreamExt;
 use tokio::sync::Mutex;
@@ -176,6 +176,23 @@ impl Browser {
         .await
     }
 
+    /// How many page targets are open (for tests and diagnostics).
+    pub async fn page_count(&self) -> Result<usize, BrowserError> {
+        let instance = self.instance().await?;
+        let targets = with_deadline(
+            "listing targets",
+            COMMAND_DEADLINE,
+            instance.cdp.execute(GetTargetsParams::default()),
+        )
+        .await?;
+        Ok(targets
+            .result
+            .target_infos
+            .iter()
+            .filter(|t| t.r#type == "page")
+            .count())
+    }
+
     /// Kills the browser if it is still the instance `generation`, so the next tab starts a
     /// fresh one. Used after a crash that took the whole browser.
     pub async fn replace_if(&self, generation: u64) {
@@ -191,12 +208,7 @@ impl Browser {
 
     /// Stops Chromium and every process it started.
     pub async fn shutdown(&self) {
-        let instance = self.current.lock().await.take();
-        if let Some(i) = instance {
-            if let Ok(mut cdp) = Arc::try_unwrap(i.cdp.clone()).map_err(|_| ()) {
-                let _ = tokio::time::timeout(Duration::from_secs(2), cdp.close()).await;
-            }
-            drop(i);
-        }
+        // Dropping the instance kills the browser's process group.
+        self.current.lock().await.take();
     }
 }

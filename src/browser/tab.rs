@@ -6,7 +6,7 @@ use std::time::Duration;
 use chromiumoxide::cdp::browser_protocol::inspector::EventTargetCrashed;
 use chromiumoxide::cdp::browser_protocol::target::{CloseTargetParams, TargetId};
 use chromiumoxide::cdp::js_protocol::runtime::{
-    EvaluateParams, EventConsoleApiCalled, EventExceptionThrown, ExceptionDetails,
+    EvaluateParams, EvaluateReturns, EventConsoleApiCalled, EventExceptionThrown, ExceptionDetails,
 };
 use chromiumoxide::types::Command;
 use futures::StreamExt;
@@ -49,6 +49,7 @@ pub struct Tab {
     health: Arc<Health>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
     label: String,
+    closed: bool,
 }
 
 impl Tab {
@@ -119,6 +120,7 @@ impl Tab {
             health,
             watchers,
             label,
+            closed: false,
         })
     }
 
@@ -160,6 +162,26 @@ impl Tab {
             .await
     }
 
+    /// Like [`Tab::evaluate`], but also after the tab recorded a failure: for reading the
+    /// page's own account of what went wrong.
+    pub async fn evaluate_diagnostics(
+        &self,
+        during: &str,
+        deadline: Duration,
+        expression: impl Into<String>,
+    ) -> Result<Value, BrowserError> {
+        let params = evaluate_params(during, expression)?;
+        let page = &self.page;
+        let returns = with_deadline_flat(during, deadline, async move {
+            page.execute(params)
+                .await
+                .map(|r| r.result)
+                .map_err(|e| BrowserError::protocol(during, e))
+        })
+        .await?;
+        evaluation_value(returns)
+    }
+
     /// Evaluates an expression (awaiting a promise) and returns its JSON value.
     pub async fn evaluate(
         &self,
@@ -167,18 +189,8 @@ impl Tab {
         deadline: Duration,
         expression: impl Into<String>,
     ) -> Result<Value, BrowserError> {
-        let params = EvaluateParams::builder()
-            .expression(expression)
-            .await_promise(true)
-            .return_by_value(true)
-            .user_gesture(true)
-            .build()
-            .map_err(|e| BrowserError::protocol(during, e))?;
-        let returns = self.call_within(during, deadline, params).await?;
-        if let Some(details) = returns.exception_details {
-            return Err(page_exception(&details));
-        }
-        Ok(returns.result.value.unwrap_or(Value::Null))
+        let params = evaluate_params(during, expression)?;
+        evaluation_value(self.call_within(during, deadline, params).await?)
     }
 
     /// Runs `fut`, but fails as soon as the tab reports an uncaught exception or a crash.
@@ -227,18 +239,24 @@ impl Tab {
     }
 
     /// Closes the target. Never fails: a tab that will not close is abandoned with its browser.
-    pub async fn close(self) {
-        let target = self.page.target_id().clone();
-        for w in &self.watchers {
-            w.abort();
-        }
-        let close = self.cdp.execute(CloseTargetParams::new(target));
-        if tokio::time::timeout(Duration::from_secs(5), close)
-            .await
-            .is_err()
-        {
-            tracing::warn!(tab = %self.label, "closing the tab timed out");
-        }
+    pub async fn close(mut self) {
+        self.closed = true;
+        close_target(
+            self.cdp.clone(),
+            self.page.target_id().clone(),
+            self.label.clone(),
+        )
+        .await;
+    }
+}
+
+async fn close_target(cdp: Arc<chromiumoxide::Browser>, target: TargetId, label: String) {
+    let close = cdp.execute(CloseTargetParams::new(target));
+    if tokio::time::timeout(Duration::from_secs(5), close)
+        .await
+        .is_err()
+    {
+        tracing::warn!(tab = %label, "closing the tab timed out");
     }
 }
 
@@ -247,7 +265,38 @@ impl Drop for Tab {
         for w in &self.watchers {
             w.abort();
         }
+        // A tab dropped on an error or a cancellation path must not stay open in the warm
+        // browser: close it in the background.
+        if !self.closed
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(close_target(
+                self.cdp.clone(),
+                self.page.target_id().clone(),
+                self.label.clone(),
+            ));
+        }
     }
+}
+
+fn evaluation_value(returns: EvaluateReturns) -> Result<Value, BrowserError> {
+    if let Some(details) = returns.exception_details {
+        return Err(page_exception(&details));
+    }
+    Ok(returns.result.value.unwrap_or(Value::Null))
+}
+
+fn evaluate_params(
+    during: &str,
+    expression: impl Into<String>,
+) -> Result<EvaluateParams, BrowserError> {
+    EvaluateParams::builder()
+        .expression(expression)
+        .await_promise(true)
+        .return_by_value(true)
+        .user_gesture(true)
+        .build()
+        .map_err(|e| BrowserError::protocol(during, e))
 }
 
 pub(super) async fn with_deadline<T, E: std::fmt::Display>(

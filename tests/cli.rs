@@ -1,0 +1,169 @@
+//! The command line, as a real process, on a local bundle directory.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run the CLI")
+}
+
+fn site_dir() -> String {
+    fixture("site").to_string_lossy().into_owned()
+}
+
+#[test]
+fn render_a_local_bundle_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("video.mp4");
+    let o = cli(&[
+        "render",
+        &site_dir(),
+        "Frames",
+        out.to_str().unwrap(),
+        "--frames",
+        "0-29",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let probe = ffprobe(&out);
+    let v = video_stream(&probe);
+    assert_eq!(v["codec_name"], "h264");
+    assert_eq!(v["nb_read_frames"], "30");
+    let frames = RgbFrames::decode(&out);
+    for k in 0..30 {
+        assert_eq!(frames.frame_number(k), k as u64);
+    }
+    // Only the output is left in the directory: no partial files.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("video.mp4")]);
+}
+
+#[test]
+fn a_failed_render_leaves_nothing_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("video.mp4");
+    let o = cli(&["render", &site_dir(), "Throws", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("TypeError") && stderr.contains("fixture exploded at frame 5"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn compositions_lists_ids_sizes_fps_and_durations() {
+    let o = cli(&["compositions", &site_dir()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let line = |id: &str| {
+        stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("{id} missing from:\n{stdout}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(line("Frames"), ["Frames", "640x360", "30", "90", "frames"]);
+    assert_eq!(
+        line("Metadata"),
+        ["Metadata", "320x240", "25", "12", "frames"]
+    );
+}
+
+#[test]
+fn still_writes_the_requested_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("frame.png");
+    let o = cli(&[
+        "still",
+        &site_dir(),
+        "Stills",
+        out.to_str().unwrap(),
+        "--frame",
+        "-1",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (400, 300));
+    let n = bar_code(400, 300, |x, y| img.get_pixel(x as u32, y as u32).0);
+    assert_eq!(n, 29, "frame -1 is the last frame");
+    assert_eq!(
+        img.get_pixel(5, 5).0,
+        [0, 0, 255],
+        "odd frame: blue parity square"
+    );
+}
+
+#[test]
+fn verbose_log_forwards_the_page_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("v.mp4");
+    let o = cli(&[
+        "render",
+        &site_dir(),
+        "Frames",
+        out.to_str().unwrap(),
+        "--frames",
+        "0-1",
+        "--log",
+        "verbose",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("page console"), "{stderr}");
+    let quiet = cli(&[
+        "render",
+        &site_dir(),
+        "Frames",
+        out.to_str().unwrap(),
+        "--frames",
+        "0-1",
+    ]);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("page console"));
+}
+
+/// Renders frame 0 of `composition` with extra flags and returns its pixels.
+fn first_frame(composition: &str, extra: &[&str]) -> RgbFrames {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.mp4");
+    let site = site_dir();
+    let mut args = vec![
+        "render",
+        &site,
+        composition,
+        out.to_str().unwrap(),
+        "--frames",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let o = cli(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    RgbFrames::decode(&out)
+}
+
+#[test]
+fn props_and_env_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let props = dir.path().join("props.json");
+    std::fs::write(&props, r##"{"color": "#0000ff"}"##).unwrap();
+    let env = dir.path().join(".env");
+    std::fs::write(&env, "FIXTURE_COLOR=\"#00ff00\"\n").unwrap();
+    let f = first_frame("Props", &["--props", props.to_str().unwrap()]);
+    assert_close(f.pixel(0, 300, 170), [0, 0, 255], 12, "props file");
+    let f = first_frame("Props", &["--props", r##"{"color": "#ff00ff"}"##]);
+    assert_close(f.pixel(0, 300, 170), [255, 0, 255], 12, "inline props");
+    let f = first_frame("EnvVars", &["--env-file", env.to_str().unwrap()]);
+    assert_close(f.pixel(0, 160, 90), [0, 255, 0], 12, "env file");
+}

@@ -1,0 +1,366 @@
+//! Shared test harness: real processes, real HTTP, real Chromium, real libav.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("fixtures").join(name)
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cloudrun-render"))
+}
+
+/// One multi-threaded runtime per test binary, so background servers outlive single tests.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// Serves `fixtures/` over HTTP on loopback (the service only accepts http(s) serve URLs).
+/// Returns the base URL, e.g. `http://127.0.0.1:PORT`; sites are at `<base>/site/`.
+pub fn fixture_server() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let rt = runtime();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/status/{code}/index.html",
+                axum::routing::get(
+                    |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                        (
+                            axum::http::StatusCode::from_u16(code).unwrap(),
+                            "<html><body>status page</body></html>",
+                        )
+                    },
+                ),
+            )
+            .fallback_service(tower_http::services::ServeDir::new(repo().join("fixtures")));
+        rt.spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        format!("http://{addr}")
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `serve` subcommand running as a real process. Killed (and its Chromium with it) on drop.
+pub struct Service {
+    pub child: Child,
+    pub url: String,
+    pub storage: tempfile::TempDir,
+}
+
+impl Service {
+    pub fn start(extra_env: &[(&str, &str)]) -> Service {
+        let storage = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--host")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(port.to_string())
+            .env("CLOUDRUN_RENDER_LOCAL_STORAGE", storage.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start the service");
+        let url = format!("http://127.0.0.1:{port}");
+        let service = Service {
+            child,
+            url,
+            storage,
+        };
+        service.wait_healthy();
+        service
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                let ok = runtime().block_on(async {
+                    reqwest::get(format!("{}/healthz", self.url))
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                });
+                if ok {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the service did not become healthy");
+    }
+
+    pub fn object(&self, bucket: &str, key: &str) -> PathBuf {
+        self.storage.path().join(bucket).join(key)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the real client saw: every parsed message, in order.
+#[derive(Debug)]
+pub struct ClientRead {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub progress: Vec<f64>,
+    pub response: Option<Value>,
+    pub error: Option<Value>,
+    /// Bytes the client could never parse (two messages in one read would leave some).
+    pub leftover: String,
+    pub reads: usize,
+}
+
+/// POSTs `payload` and reads the stream exactly as `renderMediaOnCloudrun()` does: append each
+/// socket read to a buffer, and clear it only when the whole trimmed buffer parses as JSON.
+pub fn post_like_client(url: &str, payload: &Value) -> ClientRead {
+    runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let mut resp = client
+            .post(url)
+            .json(payload)
+            .timeout(Duration::from_secs(300))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let mut buffer = String::new();
+        let mut read = ClientRead {
+            status,
+            content_type,
+            progress: vec![],
+            response: None,
+            error: None,
+            leftover: String::new(),
+            reads: 0,
+        };
+        while let Some(chunk) = resp.chunk().await.expect("stream") {
+            read.reads += 1;
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            let Ok(message) = serde_json::from_str::<Value>(buffer.trim()) else {
+                continue;
+            };
+            buffer.clear();
+            if let Some(p) = message.get("onProgress").and_then(Value::as_f64) {
+                read.progress.push(p);
+            } else if message.get("response").is_some() {
+                read.response = Some(message["response"].clone());
+            } else if message.get("type") == Some(&Value::from("error")) {
+                read.error = Some(message);
+            }
+        }
+        read.leftover = buffer;
+        read
+    })
+}
+
+/// A media payload as `renderMediaOnCloudrun()` 4.0.270 builds it.
+pub fn media_payload(serve_url: &str, composition: &str) -> Value {
+    serde_json::json!({
+        "type": "media",
+        "serveUrl": serve_url,
+        "composition": composition,
+        "serializedInputPropsWithCustomSchema": "{}",
+        "codec": "h264",
+        "audioCodec": null,
+        "forceHeight": null,
+        "forceWidth": null,
+        "jpegQuality": 80,
+        "audioBitrate": null,
+        "videoBitrate": null,
+        "encodingMaxRate": null,
+        "encodingBufferSize": null,
+        "crf": null,
+        "pixelFormat": null,
+        "imageFormat": null,
+        "scale": 1,
+        "proResProfile": null,
+        "x264Preset": null,
+        "everyNthFrame": 1,
+        "numberOfGifLoops": null,
+        "frameRange": null,
+        "envVariables": {},
+        "chromiumOptions": {},
+        "muted": false,
+        "outputBucket": "test-bucket",
+        "logLevel": "info",
+        "delayRenderTimeoutInMilliseconds": 30000,
+        "concurrency": null,
+        "enforceAudioTrack": false,
+        "preferLossless": false,
+        "offthreadVideoCacheSizeInBytes": null,
+        "offthreadVideoThreads": null,
+        "colorSpace": null,
+        "clientVersion": "4.0.270",
+        "downloadBehavior": {"type": "play-in-browser"},
+        "metadata": null,
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Probe {
+    pub streams: Vec<Value>,
+    pub format: Value,
+}
+
+/// ffprobe with frame counting.
+pub fn ffprobe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    assert!(
+        out.status.success(),
+        "ffprobe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+pub fn video_stream(p: &Probe) -> &Value {
+    p.streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .expect("a video stream")
+}
+
+/// Decoded frames of a video as packed RGB24.
+pub struct RgbFrames {
+    pub width: usize,
+    pub height: usize,
+    pub frames: Vec<Vec<u8>>,
+}
+
+impl RgbFrames {
+    pub fn decode(path: &Path) -> RgbFrames {
+        let probe = ffprobe(path);
+        let v = video_stream(&probe);
+        let (width, height) = (
+            v["width"].as_u64().unwrap() as usize,
+            v["height"].as_u64().unwrap() as usize,
+        );
+        let out = Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(path)
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+            .output()
+            .expect("ffmpeg");
+        assert!(
+            out.status.success(),
+            "ffmpeg failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let size = width * height * 3;
+        let frames = out.stdout.chunks_exact(size).map(<[u8]>::to_vec).collect();
+        RgbFrames {
+            width,
+            height,
+            frames,
+        }
+    }
+
+    pub fn pixel(&self, frame: usize, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        let f = &self.frames[frame];
+        [f[i], f[i + 1], f[i + 2]]
+    }
+}
+
+/// The frame number the fixtures' bar code shows (see fixtures/README.md): 10 bars across the
+/// top half, leftmost = most significant bit, white = 1.
+pub fn bar_code(width: usize, height: usize, rgb_at: impl Fn(usize, usize) -> [u8; 3]) -> u64 {
+    let y = height / 4;
+    (0..10).fold(0u64, |acc, i| {
+        let x = ((i as f64 + 0.5) * width as f64 / 10.0) as usize;
+        let [r, g, b] = rgb_at(x, y);
+        let bit = (r as u32 + g as u32 + b as u32) / 3 > 128;
+        acc * 2 + bit as u64
+    })
+}
+
+impl RgbFrames {
+    pub fn frame_number(&self, frame: usize) -> u64 {
+        bar_code(self.width, self.height, |x, y| self.pixel(frame, x, y))
+    }
+}
+
+pub fn assert_close(actual: [u8; 3], expected: [u8; 3], tolerance: u8, what: &str) {
+    for c in 0..3 {
+        assert!(
+            actual[c].abs_diff(expected[c]) <= tolerance,
+            "{what}: got {actual:?}, expected {expected:?} ± {tolerance}"
+        );
+    }
+}
