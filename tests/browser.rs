@@ -520,3 +520,18 @@ fn tabs_are_closed_after_each_render_and_failure() {
         own.shutdown().await;
     });
 }
+
+#[test]
+fn a_frozen_page_cannot_hang_the_render() {
+    let mut s = site();
+    s.timeout = Duration::from_millis(3000);
+    let started = Instant::now();
+    let e = fail(&s, &media("Hang"));
+    let elapsed = started.elapsed();
+    assert!(e.to_string().contains("Timed out"), "{e}");
+    assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    // The frozen tab is gone and the warm browser still renders.
+    let mut m = media("Frames");
+    m.frame_range = FrameRange::Ranges(vec![(0, Some(2))]);
+    assert_frames(&render(&m).path, &[0, 1, 2]);
+}
