@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::browser::PageGuard;
 use crate::options::{
     AudioCodec, Codec, Concurrency, FrameRange, GlRenderer, LogLevel, MediaOptions, PixelFormat,
     ProResProfile, SiteOptions, StillImageFormat, StillOptions, VideoImageFormat, X264Preset,
@@ -352,7 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = Storage::from_env().await?;
-    let renderer = Arc::new(Renderer::start().await?);
+    let renderer = Arc::new(Renderer::start(PageGuard::new(Some(args.port))).await?);
     let state = Arc::new(AppState {
         renderer: renderer.clone(),
         storage: Arc::new(storage),
@@ -365,7 +366,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn render(args: RenderArgs) -> anyhow::Result<()> {
     let site = args.site.to_options()?;
     let media = args.to_options()?;
-    let renderer = Renderer::start().await?;
+    let renderer = Renderer::start(PageGuard::new(None)).await?;
     let cancel = cancel_on_signal();
     let (progress_tx, mut progress_rx) = render::progress::channel();
     let bar = indicatif::ProgressBar::new(100);
@@ -430,7 +431,7 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
 async fn still(args: StillArgs) -> anyhow::Result<()> {
     let site = args.site.to_options()?;
     let still = args.to_options()?;
-    let renderer = Renderer::start().await?;
+    let renderer = Renderer::start(PageGuard::new(None)).await?;
     let cancel = cancel_on_signal();
     let result = renderer
         .render_still(&site, &still, Access::RemoteOrLocal, &cancel)
@@ -452,7 +453,7 @@ async fn still(args: StillArgs) -> anyhow::Result<()> {
 
 async fn compositions(args: CompositionsArgs) -> anyhow::Result<()> {
     let site = args.site.to_options()?;
-    let renderer = Renderer::start().await?;
+    let renderer = Renderer::start(PageGuard::new(None)).await?;
     let result = renderer.compositions(&site, Access::RemoteOrLocal).await;
     renderer.shutdown().await;
     let list = result.map_err(|e| anyhow::anyhow!("{}: {e}", e.name()))?;

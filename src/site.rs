@@ -21,6 +21,46 @@ pub enum SiteError {
     NotABundle(String),
     #[error("Could not start the local server for the bundle: {0}")]
     Server(String),
+    #[error("The serve URL's host \"{host}\" is not allowed on this service (allowed: {allowed})")]
+    HostNotAllowed { host: String, allowed: String },
+}
+
+/// Comma-separated hosts a service accepts serve URLs from (`*.example.com` allowed). Unset:
+/// any host.
+pub const ALLOWED_HOSTS_ENV: &str = "CLOUDRUN_RENDER_ALLOWED_SERVE_HOSTS";
+
+/// Refuses a remote serve URL whose host is not on the operator's allow-list.
+fn check_allowed_host(url: &str) -> Result<(), SiteError> {
+    let Ok(list) = std::env::var(ALLOWED_HOSTS_ENV) else {
+        return Ok(());
+    };
+    let allowed: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect();
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let host = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+        .unwrap_or_default();
+    let matches = |pattern: &str| {
+        let pattern = pattern.to_ascii_lowercase();
+        match pattern.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == pattern,
+        }
+    };
+    if allowed.iter().any(|p| matches(p)) {
+        Ok(())
+    } else {
+        Err(SiteError::HostNotAllowed {
+            host,
+            allowed: allowed.join(", "),
+        })
+    }
 }
 
 /// Whether a serve URL may be a local directory (the CLI) or must be http(s) (the service,
@@ -75,9 +115,13 @@ impl Drop for Site {
 impl Site {
     pub async fn open(serve_url: &str, access: Access) -> Result<Site, SiteError> {
         if is_remote(serve_url) {
+            let url = normalize_remote(serve_url);
+            if access == Access::RemoteOnly {
+                check_allowed_host(&url)?;
+            }
             let (port, server) = serve(proxy_only_router()).await?;
             return Ok(Site {
-                url: normalize_remote(serve_url),
+                url,
                 proxy_port: port,
                 server,
             });

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cloudrun_render::browser::PageGuard;
 use cloudrun_render::options::{
     ChromiumOptions, Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat,
     StillOptions, VideoImageFormat,
@@ -20,7 +21,7 @@ fn renderer() -> &'static Renderer {
     static R: OnceLock<Renderer> = OnceLock::new();
     R.get_or_init(|| {
         runtime()
-            .block_on(Renderer::start())
+            .block_on(Renderer::start(PageGuard::new(None)))
             .expect("start the renderer")
     })
 }
@@ -445,14 +446,14 @@ fn chromium_options_reach_the_page() {
         m.frame_range = FrameRange::Single(0);
         let r = render_with(s, &m).unwrap();
         let f = RgbFrames::decode(&r.path);
-        (0..5)
+        (0..6)
             .map(|i| f.pixel(0, i * 40 + 20, 20)[0] > 128)
             .collect::<Vec<_>>()
     };
     let plain = read(&site());
     assert_eq!(
         plain,
-        vec![false, false, true, false, false],
+        vec![false, false, true, false, false, false],
         "defaults (WebGL through SwiftShader)"
     );
 
@@ -481,7 +482,7 @@ fn chromium_options_reach_the_page() {
 fn tabs_are_closed_after_each_render_and_failure() {
     // A renderer of its own, so other tests' tabs do not count.
     runtime().block_on(async {
-        let own = Renderer::start().await.unwrap();
+        let own = Renderer::start(PageGuard::new(None)).await.unwrap();
         let baseline = own.browser().page_count().await.unwrap();
         let mut m = media("Frames");
         m.frame_range = FrameRange::Ranges(vec![(0, Some(3))]);

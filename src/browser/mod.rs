@@ -5,6 +5,7 @@
 
 pub mod contract;
 mod error;
+pub mod guard;
 pub mod launch;
 pub mod pool;
 mod tab;
@@ -20,6 +21,7 @@ use tokio::sync::Mutex;
 
 pub use contract::{CaptureFormat, CompositionInfo, CompositionMode, PageSetup, PageViewport};
 pub use error::BrowserError;
+pub use guard::PageGuard;
 pub use launch::{BrowserKind, Executable, LaunchOptions};
 pub use tab::Tab;
 
@@ -95,17 +97,19 @@ impl Drop for Instance {
 pub struct Browser {
     exe: Executable,
     options: LaunchOptions,
+    guard: PageGuard,
     current: Mutex<Option<Arc<Instance>>>,
     generations: AtomicU64,
 }
 
 impl Browser {
     /// Starts Chromium now, so the first render does not pay for it.
-    pub async fn launch(options: LaunchOptions) -> Result<Browser, BrowserError> {
+    pub async fn launch(options: LaunchOptions, guard: PageGuard) -> Result<Browser, BrowserError> {
         let exe = Executable::find()?;
         let browser = Browser {
             exe,
             options,
+            guard,
             current: Mutex::new(None),
             generations: AtomicU64::new(0),
         };
@@ -167,13 +171,16 @@ impl Browser {
             instance.cdp.new_page(params),
         )
         .await?;
-        Tab::attach(
+        let tab = Tab::attach(
             page,
             instance.cdp.clone(),
             label.to_string(),
             forward_console,
         )
-        .await
+        .await?;
+        tab.call("blocking internal hosts", self.guard.blocking_params())
+            .await?;
+        Ok(tab)
     }
 
     /// How many page targets are open (for tests and diagnostics).

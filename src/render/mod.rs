@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::browser::{
     self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
-    PageSetup, PageViewport, contract, pool,
+    PageGuard, PageSetup, PageViewport, contract, pool,
 };
 use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
 use crate::options::{
@@ -144,6 +144,7 @@ pub struct MediaOutcome {
 /// Owns the warm browser; one per process.
 pub struct Renderer {
     browser: Arc<Browser>,
+    guard: PageGuard,
     cpus: usize,
 }
 
@@ -163,11 +164,12 @@ impl Drop for BrowserLease {
 }
 
 impl Renderer {
-    /// Starts the warm browser.
-    pub async fn start() -> Result<Renderer, RenderError> {
-        let browser = Browser::launch(LaunchOptions::service_default()).await?;
+    /// Starts the warm browser. `guard` says what pages must never reach.
+    pub async fn start(guard: PageGuard) -> Result<Renderer, RenderError> {
+        let browser = Browser::launch(LaunchOptions::service_default(), guard.clone()).await?;
         Ok(Renderer {
             browser: Arc::new(browser),
+            guard,
             cpus: crate::system::cpu_count(),
         })
     }
@@ -198,7 +200,7 @@ impl Renderer {
             "this render's chromiumOptions need a browser of its own"
         );
         Ok(BrowserLease {
-            browser: Arc::new(Browser::launch(wanted).await?),
+            browser: Arc::new(Browser::launch(wanted, self.guard.clone()).await?),
             dedicated: true,
         })
     }
