@@ -3,6 +3,7 @@
 # chromium-headless-shell and the libav runtime. Both read deploy/packages.txt.
 
 FROM rust:1.95-bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
 COPY deploy/packages.txt deploy/packages.txt
 RUN apt-get update \
@@ -14,6 +15,7 @@ COPY src src
 RUN cargo build --release --locked --bin cloudrun-render
 
 FROM debian:bookworm-slim
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY deploy/packages.txt /tmp/packages.txt
 RUN apt-get update \
     && awk '$1 == "runtime" { print $2 }' /tmp/packages.txt \
@@ -21,8 +23,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* /tmp/packages.txt \
     && useradd --system --create-home --uid 10001 render
 COPY --from=build /src/target/release/cloudrun-render /usr/local/bin/cloudrun-render
-USER render
-ENV PORT=8080
+USER 10001
+ENV PORT=8080 \
+    CLOUDRUN_RENDER_BROWSER=/usr/lib/chromium/chromium-headless-shell
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/cloudrun-render"]
 CMD ["serve"]
