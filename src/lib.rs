@@ -7,6 +7,7 @@ pub mod api;
 pub mod browser;
 pub mod cli;
 pub mod encode;
+pub mod guard;
 pub mod logging;
 pub mod options;
 pub mod render;

@@ -230,7 +230,7 @@ pub fn flags(kind: BrowserKind, options: &LaunchOptions, user_data_dir: &Path) -
     if let Some(ua) = &options.user_agent {
         f.push(format!("--user-agent={ua}"));
     }
-    f.push(super::guard::PageGuard::resolver_rules());
+    f.push(crate::guard::PageGuard::resolver_rules());
     f.push("--remote-debugging-port=0".into());
     f.push(format!("--user-data-dir={}", user_data_dir.display()));
     f.push("about:blank".into());

@@ -5,7 +5,6 @@
 
 pub mod contract;
 mod error;
-pub mod guard;
 pub mod launch;
 pub mod pool;
 mod tab;
@@ -14,14 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use chromiumoxide::cdp::browser_protocol::network::{BlockPattern, SetBlockedUrLsParams};
 use chromiumoxide::cdp::browser_protocol::target::{CreateTargetParams, GetTargetsParams};
 use chromiumoxide::handler::HandlerConfig;
 use futures::StreamExt;
 use tokio::sync::Mutex;
 
+pub use crate::guard::PageGuard;
 pub use contract::{CaptureFormat, CompositionInfo, CompositionMode, PageSetup, PageViewport};
 pub use error::BrowserError;
-pub use guard::PageGuard;
 pub use launch::{BrowserKind, Executable, LaunchOptions};
 pub use tab::Tab;
 
@@ -90,6 +90,19 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.handler.abort();
+    }
+}
+
+/// Chromium refuses every request matching the guard's patterns, before it leaves the tab.
+fn blocking_params(guard: &PageGuard) -> SetBlockedUrLsParams {
+    SetBlockedUrLsParams {
+        url_patterns: Some(
+            guard
+                .patterns()
+                .iter()
+                .map(|p| BlockPattern::new(p.clone(), true))
+                .collect(),
+        ),
     }
 }
 
@@ -178,7 +191,7 @@ impl Browser {
             forward_console,
         )
         .await?;
-        tab.call("blocking internal hosts", self.guard.blocking_params())
+        tab.call("blocking internal hosts", blocking_params(&self.guard))
             .await?;
         Ok(tab)
     }
