@@ -4,6 +4,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod audio;
 pub mod browser;
 pub mod cli;
 pub mod encode;
