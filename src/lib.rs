@@ -10,6 +10,7 @@ pub mod cli;
 pub mod encode;
 pub mod guard;
 pub mod logging;
+pub mod offthread;
 pub mod options;
 pub mod render;
 pub mod site;

@@ -5,11 +5,16 @@
 //! answers the OffthreadVideo `/proxy` path.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
+use axum::routing::get;
 use tower_http::services::ServeDir;
+
+use crate::offthread::{self, FrameServer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SiteError {
@@ -113,13 +118,23 @@ impl Drop for Site {
 }
 
 impl Site {
-    pub async fn open(serve_url: &str, access: Access) -> Result<Site, SiteError> {
+    /// Opens `serve_url`; the loopback server also answers OffthreadVideo's `/proxy` from
+    /// `frames`.
+    pub async fn open(
+        serve_url: &str,
+        access: Access,
+        frames: Arc<FrameServer>,
+    ) -> Result<Site, SiteError> {
         if is_remote(serve_url) {
             let url = normalize_remote(serve_url);
             if access == Access::RemoteOnly {
                 check_allowed_host(&url)?;
             }
-            let (port, server) = serve(proxy_only_router()).await?;
+            let (port, server) = serve(
+                proxy_router(frames)
+                    .fallback(|| async { (StatusCode::NOT_FOUND, "Server only supports /proxy") }),
+            )
+            .await?;
             return Ok(Site {
                 url,
                 proxy_port: port,
@@ -134,7 +149,8 @@ impl Site {
         if !dir.join("index.html").is_file() {
             return Err(SiteError::NotABundle(dir.display().to_string()));
         }
-        let (port, server) = serve(bundle_router(&dir)).await?;
+        let (port, server) =
+            serve(proxy_router(frames).fallback_service(ServeDir::new(&dir))).await?;
         // The renderer keeps the name "localhost" on purpose.
         Ok(Site {
             url: format!("http://localhost:{port}/index.html"),
@@ -144,12 +160,13 @@ impl Site {
     }
 }
 
-fn proxy_only_router() -> Router {
-    Router::new().fallback(|| async { (StatusCode::NOT_FOUND, "Server only supports /proxy") })
-}
-
-fn bundle_router(dir: &Path) -> Router {
-    Router::new().fallback_service(ServeDir::new(dir))
+fn proxy_router(frames: Arc<FrameServer>) -> Router {
+    Router::new()
+        .route(
+            "/proxy",
+            get(offthread::proxy).options(offthread::preflight),
+        )
+        .with_state(frames)
 }
 
 async fn serve(router: Router) -> Result<(u16, tokio::task::JoinHandle<()>), SiteError> {
@@ -195,6 +212,11 @@ mod tests {
         assert!(!is_remote("fixtures/site"));
     }
 
+    fn frames() -> Arc<FrameServer> {
+        let fetcher = crate::audio::Fetcher::new(crate::guard::PageGuard::new(None)).unwrap();
+        Arc::new(FrameServer::new(Arc::new(fetcher), None, None))
+    }
+
     #[tokio::test]
     async fn the_service_refuses_local_paths_and_other_schemes() {
         for url in [
@@ -204,7 +226,10 @@ mod tests {
             "ftp://x/y",
             "data:text/html,x",
         ] {
-            let e = Site::open(url, Access::RemoteOnly).await.err().unwrap();
+            let e = Site::open(url, Access::RemoteOnly, frames())
+                .await
+                .err()
+                .unwrap();
             assert!(matches!(e, SiteError::NotHttp(_)), "{url}: {e}");
         }
     }
@@ -212,10 +237,14 @@ mod tests {
     #[tokio::test]
     async fn a_directory_without_index_html_is_not_a_bundle() {
         let dir = tempfile::tempdir().unwrap();
-        let e = Site::open(dir.path().to_str().unwrap(), Access::RemoteOrLocal)
-            .await
-            .err()
-            .unwrap();
+        let e = Site::open(
+            dir.path().to_str().unwrap(),
+            Access::RemoteOrLocal,
+            frames(),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(matches!(e, SiteError::NotABundle(_)));
     }
 }

@@ -20,11 +20,13 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::audio::{AudioError, Fetcher};
 use crate::browser::{
     self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
     PageGuard, PageSetup, PageViewport, contract, pool,
 };
 use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
+use crate::offthread::FrameServer;
 use crate::options::{
     CompositionOverrides, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
     VideoImageFormat,
@@ -42,6 +44,8 @@ pub enum RenderError {
     Encode(#[from] EncodeError),
     #[error(transparent)]
     Site(#[from] SiteError),
+    #[error(transparent)]
+    Audio(#[from] AudioError),
     /// An option that does not fit this composition (frame range, concurrency, size).
     #[error("{0}")]
     Invalid(String),
@@ -205,6 +209,22 @@ impl Renderer {
         })
     }
 
+    /// Opens the serve URL with a loopback server whose `/proxy` decodes OffthreadVideo
+    /// frames; the returned fetcher holds this render's downloaded media.
+    async fn open_site(
+        &self,
+        site: &SiteOptions,
+        access: Access,
+    ) -> Result<(Site, Arc<Fetcher>), RenderError> {
+        let fetcher = Arc::new(Fetcher::new(self.guard.clone())?);
+        let frames = Arc::new(FrameServer::new(
+            fetcher.clone(),
+            site.offthread_video_cache_size_in_bytes,
+            site.offthread_video_threads,
+        ));
+        Ok((Site::open(&site.serve_url, access, frames).await?, fetcher))
+    }
+
     fn page_setup(site: &SiteOptions, opened: &Site) -> PageSetup {
         PageSetup {
             url: opened.url.clone(),
@@ -249,7 +269,7 @@ impl Renderer {
         site: &SiteOptions,
         access: Access,
     ) -> Result<Vec<CompositionInfo>, RenderError> {
-        let opened = Site::open(&site.serve_url, access).await?;
+        let (opened, _media) = self.open_site(site, access).await?;
         let lease = self.lease(site).await?;
         let setup = Self::page_setup(site, &opened);
         let timeout = site.timeout;
@@ -308,7 +328,7 @@ impl Renderer {
             .concurrency
             .resolve(self.cpus)
             .map_err(RenderError::Invalid)?;
-        let opened = Site::open(&site.serve_url, access).await?;
+        let (opened, _media) = self.open_site(site, access).await?;
         let lease = self.lease(site).await?;
         let browser = lease.browser.clone();
         let composition = cancellable(
@@ -450,7 +470,7 @@ impl Renderer {
         access: Access,
         cancel: &CancellationToken,
     ) -> Result<(ResolvedComposition, Bytes), RenderError> {
-        let opened = Site::open(&site.serve_url, access).await?;
+        let (opened, _media) = self.open_site(site, access).await?;
         let lease = self.lease(site).await?;
         let browser = lease.browser.clone();
         let composition = cancellable(

@@ -55,12 +55,78 @@ pub fn fixture_server() -> &'static str {
                     },
                 ),
             )
+            .nest_service(
+                "/generated",
+                tower_http::services::ServeDir::new(generated_dir()),
+            )
             .fallback_service(tower_http::services::ServeDir::new(repo().join("fixtures")));
         rt.spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
         format!("http://{addr}")
     })
+}
+
+/// Media files tests generate, served by the fixture server under `/generated/`.
+pub fn generated_dir() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// Encodes a video whose frame k shows the bar code of k (like the fixtures), with the ffmpeg
+/// CLI, into `generated_dir()`; returns its URL on the fixture server.
+pub fn generated_bars_video(
+    name: &str,
+    frames: u64,
+    fps: u32,
+    width: usize,
+    height: usize,
+) -> String {
+    use std::io::Write;
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = GENERATING.lock().unwrap_or_else(|e| e.into_inner());
+    let path = generated_dir().join(name);
+    if !path.exists() {
+        let mut child = Command::new("ffmpeg")
+            .args([
+                "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+            ])
+            .arg(format!("{width}x{height}"))
+            .args([
+                "-r",
+                &fps.to_string(),
+                "-i",
+                "-",
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                "10",
+            ])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("ffmpeg");
+        let mut stdin = child.stdin.take().unwrap();
+        for k in 0..frames {
+            let mut rgb = vec![0u8; width * height * 3];
+            for y in 0..height / 2 {
+                for i in 0..10 {
+                    let white = (k >> (9 - i)) & 1 == 1;
+                    let (x0, x1) = (i * width / 10, (i + 1) * width / 10);
+                    for x in x0..x1 {
+                        let p = (y * width + x) * 3;
+                        rgb[p..p + 3].fill(if white { 255 } else { 0 });
+                    }
+                }
+            }
+            stdin.write_all(&rgb).unwrap();
+        }
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+    }
+    format!("{}/generated/{name}", fixture_server())
 }
 
 pub fn free_port() -> u16 {
