@@ -205,7 +205,7 @@ pub async fn open(tab: &Tab, setup: &PageSetup) -> Result<(), BrowserError> {
     }
 }
 
-async fn set_viewport(tab: &Tab, v: PageViewport) -> Result<(), BrowserError> {
+pub async fn set_viewport(tab: &Tab, v: PageViewport) -> Result<(), BrowserError> {
     let params = SetDeviceMetricsOverrideParams::builder()
         .width(v.width as i64)
         .height(v.height as i64)

@@ -8,6 +8,7 @@
 
 pub mod frames;
 pub mod progress;
+mod still;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -27,10 +27,7 @@ use crate::browser::{
 };
 use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
 use crate::offthread::FrameServer;
-use crate::options::{
-    CompositionOverrides, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
-    VideoImageFormat,
-};
+use crate::options::{CompositionOverrides, MediaOptions, SiteOptions, VideoImageFormat};
 use crate::site::{Access, Site, SiteError};
 
 pub use progress::{ProgressSender, RenderProgress};
@@ -95,7 +92,10 @@ pub struct ResolvedComposition {
 }
 
 impl ResolvedComposition {
-    fn new(info: CompositionInfo, o: &CompositionOverrides) -> Result<Self, RenderError> {
+    pub(crate) fn new(
+        info: CompositionInfo,
+        o: &CompositionOverrides,
+    ) -> Result<Self, RenderError> {
         let r = ResolvedComposition {
             width: o.width.unwrap_or(info.width),
             height: o.height.unwrap_or(info.height),
@@ -150,6 +150,8 @@ pub struct Renderer {
     browser: Arc<Browser>,
     guard: PageGuard,
     cpus: usize,
+    /// The tab of the last still, left in composition mode for the next one.
+    warm_still: tokio::sync::Mutex<Option<still::WarmStill>>,
 }
 
 /// The browser a render runs in: the warm one, or one of its own for special launch flags.
@@ -175,6 +177,7 @@ impl Renderer {
             browser: Arc::new(browser),
             guard,
             cpus: crate::system::cpu_count(),
+            warm_still: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -183,6 +186,9 @@ impl Renderer {
     }
 
     pub async fn shutdown(&self) {
+        if let Some(warm) = self.warm_still.lock().await.take() {
+            warm.close().await;
+        }
         self.browser.shutdown().await;
     }
 
@@ -460,94 +466,6 @@ impl Renderer {
             assets,
             elapsed: started.elapsed(),
         })
-    }
-
-    /// Renders one frame to an image (or a PDF) and returns its bytes.
-    pub async fn render_still(
-        &self,
-        site: &SiteOptions,
-        still: &StillOptions,
-        access: Access,
-        cancel: &CancellationToken,
-    ) -> Result<(ResolvedComposition, Bytes), RenderError> {
-        let (opened, _media) = self.open_site(site, access).await?;
-        let lease = self.lease(site).await?;
-        let browser = lease.browser.clone();
-        let composition = cancellable(
-            cancel,
-            Self::select(
-                &browser,
-                site,
-                &opened,
-                &still.composition_id,
-                &still.overrides,
-            ),
-        )
-        .await?;
-        let duration = composition.duration_in_frames as i64;
-        let frame = if still.frame < 0 {
-            duration + still.frame
-        } else {
-            still.frame
-        };
-        if frame < 0 || frame >= duration {
-            return Err(RenderError::Invalid(format!(
-                "Cannot use frame {}: the composition \"{}\" has {} frames (0 to {}; negative numbers count from the end)",
-                still.frame,
-                composition.info.id,
-                duration,
-                duration - 1
-            )));
-        }
-        let frame = frame as u64;
-        let mut setup = Self::page_setup(site, &opened);
-        setup.initial_frame = frame;
-        setup.video_enabled = true;
-        setup.viewport = Some(PageViewport {
-            width: composition.width,
-            height: composition.height,
-            scale: still.scale,
-        });
-        let mode = composition.mode(composition.width, composition.height);
-        let tab = browser
-            .new_tab("still", site.log_level.forwards_page_console())
-            .await?;
-        let shot = async {
-            contract::open(&tab, &setup).await?;
-            let transparent = still.image_format != StillImageFormat::Jpeg;
-            if matches!(
-                still.image_format,
-                StillImageFormat::Png | StillImageFormat::Webp
-            ) {
-                contract::make_background_transparent(&tab).await?;
-            }
-            contract::enter_composition_mode(&tab, &mode, site.timeout).await?;
-            let background = if transparent { "transparent" } else { "black" };
-            contract::seek(&tab, &mode.id, frame, 0, site.timeout, background).await?;
-            match still.image_format {
-                StillImageFormat::Pdf => contract::print_pdf(&tab, mode.width, mode.height).await,
-                StillImageFormat::Png => {
-                    contract::capture(&tab, CaptureFormat::Png, mode.width, mode.height).await
-                }
-                StillImageFormat::Webp => {
-                    contract::capture(&tab, CaptureFormat::Webp, mode.width, mode.height).await
-                }
-                StillImageFormat::Jpeg => {
-                    contract::capture(
-                        &tab,
-                        CaptureFormat::Jpeg {
-                            quality: still.jpeg_quality,
-                        },
-                        mode.width,
-                        mode.height,
-                    )
-                    .await
-                }
-            }
-        };
-        let result = cancellable(cancel, async { Ok(shot.await?) }).await;
-        tab.close().await;
-        Ok((composition, result?))
     }
 }
 
