@@ -217,7 +217,7 @@ async fn run_media(
     cancel: &CancellationToken,
 ) -> Result<SuccessResponse, ErrorBody> {
     let work = tempfile::Builder::new()
-        .prefix("cloudrun-render-")
+        .prefix("cloudrun-render-work-")
         .tempdir()
         .map_err(|e| {
             ErrorBody::new(
