@@ -404,18 +404,23 @@ impl Proxy {
                 },
             )
             .layer(axum::extract::DefaultBodyLimit::disable());
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Proxy { url, seen }
+        Proxy {
+            url: serve_on_loopback(app),
+            seen,
+        }
     }
 
     fn seen(&self) -> Vec<(String, String, Option<String>)> {
         self.seen.lock().unwrap().clone()
     }
+}
+
+/// The emulator with `bucket`, and a proxy in front of it.
+fn emulator_behind_proxy(bucket: &str, faults: Faults) -> (FakeGcs, Proxy) {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket(bucket);
+    let proxy = Proxy::start(&gcs.url, faults);
+    (gcs, proxy)
 }
 
 fn video_options() -> ObjectOptions {
@@ -428,9 +433,7 @@ fn video_options() -> ObjectOptions {
 
 #[test]
 fn a_large_file_goes_up_in_resumable_chunks_on_a_non_default_port() {
-    let gcs = FakeGcs::start();
-    gcs.create_bucket("big");
-    let proxy = Proxy::start(&gcs.url, Faults::default());
+    let (gcs, proxy) = emulator_behind_proxy("big", Faults::default());
     assert!(!proxy.url.ends_with(":80") && !gcs.url.ends_with(":80"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.mp4");
@@ -496,15 +499,11 @@ fn a_large_file_goes_up_in_resumable_chunks_on_a_non_default_port() {
 
 #[test]
 fn an_upload_that_keeps_failing_leaves_no_object() {
-    let gcs = FakeGcs::start();
-    gcs.create_bucket("flaky");
-    let proxy = Proxy::start(
-        &gcs.url,
-        Faults {
-            failed_chunks_from: 2,
-            ..Faults::default()
-        },
-    );
+    let faults = Faults {
+        failed_chunks_from: 2,
+        ..Faults::default()
+    };
+    let (gcs, proxy) = emulator_behind_proxy("flaky", faults);
     let store = GcsStore::emulator(&proxy.url)
         .with_policy(quick_policy())
         .with_chunk_size(256 * 1024);
@@ -535,15 +534,11 @@ fn quick_policy() -> RetryPolicy {
 
 #[test]
 fn a_transient_failure_to_start_is_retried() {
-    let gcs = FakeGcs::start();
-    gcs.create_bucket("retry");
-    let proxy = Proxy::start(
-        &gcs.url,
-        Faults {
-            failed_starts: 1,
-            ..Faults::default()
-        },
-    );
+    let faults = Faults {
+        failed_starts: 1,
+        ..Faults::default()
+    };
+    let (gcs, proxy) = emulator_behind_proxy("retry", faults);
     let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
     let key = "renders/retry00000/error.txt";
     let stored = runtime()

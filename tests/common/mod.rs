@@ -382,6 +382,18 @@ pub fn assert_close(actual: [u8; 3], expected: [u8; 3], tolerance: u8, what: &st
     }
 }
 
+/// Serves `app` on a free loopback port for the rest of the test binary; returns
+/// `http://127.0.0.1:PORT`.
+pub fn serve_on_loopback(app: axum::Router) -> String {
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 /// fake-gcs-server (from `./scripts/setup`) on a free port, in memory. Killed on drop.
 pub struct FakeGcs {
     child: Child,
@@ -577,12 +589,7 @@ impl WebhookReceiver {
                 }
             },
         );
-        let rt = runtime();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        rt.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = format!("{}/hook", serve_on_loopback(app));
         WebhookReceiver { url, calls }
     }
 
