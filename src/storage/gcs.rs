@@ -276,7 +276,7 @@ impl GcsStore {
                 generation: Some(object.generation),
                 ..Default::default()
             };
-            if let Err(e) = self.client.delete_object(&delete).await {
+            if let Err(e) = self.attempt(self.client.delete_object(&delete)).await {
                 tracing::error!(bucket, key, "could not remove a corrupt upload: {e}");
             }
             return Err(fail(format!(
