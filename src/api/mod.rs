@@ -5,6 +5,7 @@
 //! here.
 
 pub mod stream;
+pub mod webhook;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -152,25 +153,60 @@ fn start_media(state: Arc<AppState>, request: MediaRequest) -> Response {
     let (out, response) = streaming_response(Some("text/html"), cancel.clone());
     let (progress_tx, progress_rx) = render::progress::channel();
     let (done_tx, done_rx) = oneshot::channel();
-    tokio::spawn(stream::pump(Some(progress_rx), done_rx, out));
+    let hook = request.webhook.clone().map(|w| {
+        webhook::RenderWebhook::spawn(
+            webhook::Sender::global(),
+            w,
+            render_id.clone(),
+            progress_rx.clone(),
+        )
+    });
+    tokio::spawn(stream::pump(Some(progress_rx), done_rx, out.clone()));
     tokio::spawn(async move {
         let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
-        let message = match result {
-            Ok(ok) => Bytes::from(format!(
-                "{{\"response\":{}}}",
-                serde_json::to_string(&ok).expect("serializable")
-            )),
-            Err(e) => {
-                tracing::warn!(render_id, "render failed: {}", e.message);
-                if !cancel.is_cancelled() {
-                    write_error_txt(&state.storage, &request.upload, &render_id, &e).await;
-                }
-                error_json(&e)
-            }
-        };
-        let _ = done_tx.send(message);
+        let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        let _ = done_tx.send(final_message(&result));
+        if let Some(hook) = hook {
+            hook.finish(match result {
+                Ok(r) => webhook::Outcome::Success(r),
+                Err(e) => webhook::Outcome::Error(e),
+            })
+            .await;
+        }
+        // Our sender kept the response open until here: on Cloud Run a request's CPU may be
+        // throttled once its response is over, and the final webhook call must still go out.
+        drop(out);
     });
     response
+}
+
+/// After a failure that the client will hear about: `error.txt` beside where the output would
+/// have been.
+async fn settle(
+    state: &AppState,
+    upload: &crate::options::UploadOptions,
+    render_id: &str,
+    result: Result<SuccessResponse, ErrorBody>,
+    cancel: &CancellationToken,
+) -> Result<SuccessResponse, ErrorBody> {
+    if let Err(e) = &result {
+        tracing::warn!(render_id, "render failed: {}", e.message);
+        if !cancel.is_cancelled() {
+            write_error_txt(&state.storage, upload, render_id, e).await;
+        }
+    }
+    result
+}
+
+/// `{"response":{…}}` or the error object: the last message of the stream.
+fn final_message(result: &Result<SuccessResponse, ErrorBody>) -> Bytes {
+    match result {
+        Ok(ok) => Bytes::from(format!(
+            "{{\"response\":{}}}",
+            serde_json::to_string(ok).expect("serializable")
+        )),
+        Err(e) => error_json(e),
+    }
 }
 
 async fn run_media(
@@ -181,7 +217,7 @@ async fn run_media(
     cancel: &CancellationToken,
 ) -> Result<SuccessResponse, ErrorBody> {
     let work = tempfile::Builder::new()
-        .prefix("cloudrun-render-")
+        .prefix("cloudrun-render-work-")
         .tempdir()
         .map_err(|e| {
             ErrorBody::new(
@@ -218,14 +254,14 @@ async fn run_media(
         content_disposition: storage::content_disposition(&request.upload.download_behavior),
         privacy: request.upload.privacy,
     };
-    if cancel.is_cancelled() {
-        return Err(render_error_body(&RenderError::Cancelled));
-    }
-    let stored = state
-        .storage
-        .upload_file(&request.upload.bucket, &key, &local, &options)
-        .await
-        .map_err(|e| storage_error_body(&e))?;
+    // A client that left gets no output: dropping the upload abandons its session, and GCS
+    // never shows an unfinished one.
+    let stored = tokio::select! {
+        stored = state.storage.upload_file(&request.upload.bucket, &key, &local, &options) => stored,
+        _ = cancel.cancelled() => return Err(render_error_body(&RenderError::Cancelled)),
+    };
+    let stored = stored.map_err(|e| storage_error_body(&e))?;
+    // `work` and the rendered file in it are removed here, whatever happened above.
     Ok(success(stored, render_id, request.upload.privacy))
 }
 
@@ -255,7 +291,7 @@ async fn write_error_txt(
     render_id: &str,
     e: &ErrorBody,
 ) {
-    let body = serde_json::json!({"name": e.name, "message": e.message, "stack": e.stack, "type": "renderer"});
+    let body = serde_json::to_vec(&wire::ErrorTxt::from(e)).expect("serializable");
     let options = ObjectOptions {
         content_type: "text/plain; charset=utf-8".into(),
         content_disposition: None,
@@ -263,12 +299,7 @@ async fn write_error_txt(
     };
     let key = storage::object_key(render_id, "error.txt");
     if let Err(err) = storage
-        .upload_bytes(
-            &upload.bucket,
-            &key,
-            body.to_string().into_bytes(),
-            &options,
-        )
+        .upload_bytes(&upload.bucket, &key, body, &options)
         .await
     {
         tracing::warn!(render_id, "could not write error.txt: {err}");
@@ -288,19 +319,8 @@ fn start_still(state: Arc<AppState>, request: StillRequest) -> Response {
     tokio::spawn(stream::pump(None, done_rx, out));
     tokio::spawn(async move {
         let result = run_still(&state, &request, &render_id, &cancel).await;
-        let message = match result {
-            Ok(ok) => Bytes::from(format!(
-                "{{\"response\":{}}}",
-                serde_json::to_string(&ok).expect("serializable")
-            )),
-            Err(e) => {
-                if !cancel.is_cancelled() {
-                    write_error_txt(&state.storage, &request.upload, &render_id, &e).await;
-                }
-                error_json(&e)
-            }
-        };
-        let _ = done_tx.send(message);
+        let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        let _ = done_tx.send(final_message(&result));
     });
     response
 }

@@ -611,6 +611,28 @@ impl ErrorBody {
     }
 }
 
+/// `renders/{renderId}/error.txt`: `{"name","message","stack","type":"renderer"}`, in that
+/// order, like the original's `errorInfo.txt`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorTxt {
+    pub name: String,
+    pub message: String,
+    pub stack: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl From<&ErrorBody> for ErrorTxt {
+    fn from(e: &ErrorBody) -> Self {
+        ErrorTxt {
+            name: e.name.clone(),
+            message: e.message.clone(),
+            stack: e.stack.clone(),
+            kind: "renderer".into(),
+        }
+    }
+}
+
 impl From<&PayloadError> for ErrorBody {
     fn from(e: &PayloadError) -> Self {
         let message = e.to_string();

@@ -38,16 +38,19 @@ impl LocalStore {
         bucket: &str,
         key: &str,
         path: &Path,
-        options: &ObjectOptions,
+        _options: &ObjectOptions,
     ) -> Result<StoredObject, StorageError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|e| StorageError::Upload {
+        let target = self.target(bucket, key)?;
+        let partial = self.prepare(bucket, key, &target).await?;
+        if let Err(e) = tokio::fs::copy(path, &partial).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(StorageError::Upload {
                 bucket: bucket.into(),
                 key: key.into(),
-                message: format!("cannot read {}: {e}", path.display()),
-            })?;
-        self.put_bytes(bucket, key, bytes, options).await
+                message: format!("cannot copy {}: {e}", path.display()),
+            });
+        }
+        self.commit(bucket, key, &partial, &target).await
     }
 
     pub async fn put_bytes(
@@ -58,21 +61,48 @@ impl LocalStore {
         _options: &ObjectOptions,
     ) -> Result<StoredObject, StorageError> {
         let target = self.target(bucket, key)?;
-        let fail = |e: std::io::Error| StorageError::Upload {
-            bucket: bucket.into(),
-            key: key.into(),
-            message: e.to_string(),
-        };
+        let partial = self.prepare(bucket, key, &target).await?;
+        if let Err(e) = tokio::fs::write(&partial, bytes).await {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(fail(bucket, key, e));
+        }
+        self.commit(bucket, key, &partial, &target).await
+    }
+
+    /// Creates the target's directory and names the file to write before renaming: a reader
+    /// never sees half a file.
+    async fn prepare(
+        &self,
+        bucket: &str,
+        key: &str,
+        target: &Path,
+    ) -> Result<PathBuf, StorageError> {
         let parent = target.parent().expect("target has a parent");
-        tokio::fs::create_dir_all(parent).await.map_err(fail)?;
-        let size = bytes.len() as u64;
-        // Write beside the target and rename: a reader never sees half a file.
-        let partial = parent.join(format!(
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| fail(bucket, key, e))?;
+        Ok(parent.join(format!(
             ".{}.partial",
             target.file_name().unwrap().to_string_lossy()
-        ));
-        tokio::fs::write(&partial, bytes).await.map_err(fail)?;
-        tokio::fs::rename(&partial, &target).await.map_err(fail)?;
+        )))
+    }
+
+    async fn commit(
+        &self,
+        bucket: &str,
+        key: &str,
+        partial: &Path,
+        target: &Path,
+    ) -> Result<StoredObject, StorageError> {
+        let renamed = tokio::fs::rename(partial, target).await;
+        if let Err(e) = renamed {
+            let _ = tokio::fs::remove_file(partial).await;
+            return Err(fail(bucket, key, e));
+        }
+        let size = tokio::fs::metadata(target)
+            .await
+            .map_err(|e| fail(bucket, key, e))?
+            .len();
         Ok(StoredObject {
             bucket: bucket.into(),
             key: key.into(),
@@ -80,5 +110,13 @@ impl LocalStore {
             public_url: Some(format!("file://{}", target.display())),
             cloud_storage_uri: format!("gs://{bucket}/{key}"),
         })
+    }
+}
+
+fn fail(bucket: &str, key: &str, e: std::io::Error) -> StorageError {
+    StorageError::Upload {
+        bucket: bucket.into(),
+        key: key.into(),
+        message: e.to_string(),
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! **Architecture Invariant:** an object appears at its final key only when it is complete.
 
+pub mod gcs;
 mod local;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::options::{DownloadBehavior, Privacy};
 
+pub use gcs::GcsStore;
 pub use local::LocalStore;
 
 /// Selects the local backend for `serve`: objects land in `<dir>/<bucket>/<key>`.
@@ -48,19 +50,26 @@ pub struct ObjectOptions {
 
 pub enum Storage {
     Local(LocalStore),
+    Gcs(Box<GcsStore>),
 }
 
 impl Storage {
-    /// The backend the environment asks for.
+    /// The backend the environment asks for: the local directory if
+    /// `CLOUDRUN_RENDER_LOCAL_STORAGE` is set, else GCS (the emulator of
+    /// `STORAGE_EMULATOR_HOST` if set, else Application Default Credentials).
     pub async fn from_env() -> Result<Storage, StorageError> {
         if let Ok(dir) = std::env::var(LOCAL_STORAGE_ENV)
             && !dir.is_empty()
         {
+            tracing::info!(dir, "storing renders in a local directory");
             return Ok(Storage::Local(LocalStore::new(PathBuf::from(dir))?));
         }
-        Err(StorageError::Config(format!(
-            "set {LOCAL_STORAGE_ENV} to a directory to store renders locally"
-        )))
+        let store = GcsStore::from_env()?;
+        tracing::info!(
+            endpoint = store.endpoint(),
+            "storing renders in Google Cloud Storage"
+        );
+        Ok(Storage::Gcs(Box::new(store)))
     }
 
     /// Uploads a finished file. The object appears at `key` only once it is complete.
@@ -73,6 +82,7 @@ impl Storage {
     ) -> Result<StoredObject, StorageError> {
         match self {
             Storage::Local(s) => s.put_file(bucket, key, path, options).await,
+            Storage::Gcs(s) => s.put(bucket, key, gcs::Source::File(path), options).await,
         }
     }
 
@@ -85,6 +95,10 @@ impl Storage {
     ) -> Result<StoredObject, StorageError> {
         match self {
             Storage::Local(s) => s.put_bytes(bucket, key, bytes, options).await,
+            Storage::Gcs(s) => {
+                s.put(bucket, key, gcs::Source::Bytes(bytes.into()), options)
+                    .await
+            }
         }
     }
 }
