@@ -354,10 +354,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = Storage::from_env().await?;
     let renderer = Arc::new(Renderer::start(PageGuard::new(Some(args.port))).await?);
-    let state = Arc::new(AppState {
-        renderer: renderer.clone(),
-        storage: Arc::new(storage),
-    });
+    let state = Arc::new(AppState::new(renderer.clone(), Arc::new(storage)));
     let result = api::serve(SocketAddr::new(args.host, args.port), state).await;
     renderer.shutdown().await;
     Ok(result?)

@@ -11,16 +11,19 @@ pub mod wire;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::encode;
 use crate::options::StillImageFormat;
@@ -32,9 +35,36 @@ use wire::{ErrorBody, MediaRequest, RenderRequest, StillRequest, SuccessResponse
 /// Cloud Run's request cap for HTTP/1; a render payload is a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
+/// How many renders run at once per instance unless `CLOUDRUN_RENDER_MAX_RENDERS` says
+/// otherwise: one, since a render uses every CPU (Cloud Run's concurrency is 1 too).
+pub const MAX_RENDERS_ENV: &str = "CLOUDRUN_RENDER_MAX_RENDERS";
+
+/// Cloud Run sends SIGKILL 10 s after SIGTERM; everything must be closed before that.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
+
 pub struct AppState {
     pub renderer: Arc<Renderer>,
     pub storage: Arc<Storage>,
+    /// Free slots for renders; a request that finds none is refused at once with 429.
+    pub admission: Arc<Semaphore>,
+    /// Cancelled on SIGTERM: every running render stops and tells its client why.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(renderer: Arc<Renderer>, storage: Arc<Storage>) -> AppState {
+        let slots = std::env::var(MAX_RENDERS_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(1);
+        AppState {
+            renderer,
+            storage,
+            admission: Arc::new(Semaphore::new(slots)),
+            shutdown: CancellationToken::new(),
+        }
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,22 +77,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error
+/// line to its client, and returns within Cloud Run's grace period.
 pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install the SIGTERM handler");
+    let shutdown = state.shutdown.clone();
+    let signalled = CancellationToken::new();
+    let on_signal = signalled.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: stopping running renders");
+        on_signal.cancel();
+        shutdown.cancel();
+    });
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(signalled.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(server);
     tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        r = &mut server => r,
+        // Graceful shutdown waits for open streams; they end once their renders have
+        // reported the shutdown, but never wait past the budget.
+        _ = async { signalled.cancelled().await; tokio::time::sleep(SHUTDOWN_BUDGET).await } => {
+            tracing::warn!("renders did not stop in time; exiting anyway");
+            Ok(())
+        }
     }
-    tracing::info!("shutting down");
 }
 
 fn error_json(e: &ErrorBody) -> Bytes {
@@ -77,24 +123,53 @@ fn storage_error_body(e: &StorageError) -> ErrorBody {
     ErrorBody::new("StorageError", e.to_string(), format!("StorageError: {e}"))
 }
 
+fn json_response(status: StatusCode, e: &ErrorBody) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        error_json(e),
+    )
+        .into_response()
+}
+
 /// Any method on any path but the few above: the original routes everything to the handler.
 async fn render_endpoint(
     State(state): State<Arc<AppState>>,
     method: Method,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let trace_id = headers
+        .get("x-cloud-trace-context")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::logging::trace_id_from_header);
+    let span = tracing::info_span!(
+        "request",
+        trace_id = trace_id.as_deref(),
+        render_id = tracing::field::Empty
+    );
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let e = ErrorBody::new(
+                "PayloadTooLarge",
+                format!(
+                    "The request body could not be read ({rejection}). Render payloads are limited to {} bytes.",
+                    MAX_BODY_BYTES
+                ),
+                "",
+            );
+            return json_response(status, &e);
+        }
+    };
     if method != Method::POST {
         let e = ErrorBody::new(
             "MethodNotAllowed",
             format!("{method} is not supported: POST a render payload to this URL"),
             "",
         );
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::CONTENT_TYPE, "application/json")],
-            error_json(&e),
-        )
-            .into_response();
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, &e);
     }
     let request = match wire::parse_request(&body) {
         Ok(r) => r,
@@ -105,10 +180,33 @@ async fn render_endpoint(
             return (StatusCode::OK, error_json(&ErrorBody::from(&e))).into_response();
         }
     };
-    match request {
-        RenderRequest::Media(m) => start_media(state, *m),
-        RenderRequest::Still(s) => start_still(state, *s),
+    // Refuse at once rather than queue: a queued request would only time out at Cloud Run's
+    // front end, where the caller can neither see nor retry it sensibly.
+    let Ok(slot) = state.admission.clone().try_acquire_owned() else {
+        let e = ErrorBody::new(
+            "TooManyRequests",
+            "This instance is already rendering. Retry, or allow more instances.",
+            "",
+        );
+        return json_response(StatusCode::TOO_MANY_REQUESTS, &e);
+    };
+    if state.shutdown.is_cancelled() {
+        let e = ErrorBody::new("ServiceUnavailable", "The service is shutting down.", "");
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &e);
     }
+    match request {
+        RenderRequest::Media(m) => start_media(state, *m, slot, span),
+        RenderRequest::Still(s) => start_still(state, *s, slot, span),
+    }
+}
+
+/// The error a client sees when SIGTERM stopped its render.
+fn shutdown_error() -> ErrorBody {
+    ErrorBody::new(
+        "ShutdownError",
+        "The service instance received SIGTERM (Cloud Run is stopping it) and stopped this render. Retry the request.",
+        "",
+    )
 }
 
 fn log_client_version(v: &Option<String>) {
@@ -142,14 +240,21 @@ fn streaming_response(
     (tx, response)
 }
 
-fn start_media(state: Arc<AppState>, request: MediaRequest) -> Response {
-    log_client_version(&request.client_version);
+fn start_media(
+    state: Arc<AppState>,
+    request: MediaRequest,
+    slot: OwnedSemaphorePermit,
+    span: tracing::Span,
+) -> Response {
     let render_id = request
         .upload
         .render_id_override
         .clone()
         .unwrap_or_else(storage::random_render_id);
-    let cancel = CancellationToken::new();
+    span.record("render_id", render_id.as_str());
+    let _entered = span.enter();
+    log_client_version(&request.client_version);
+    let cancel = state.shutdown.child_token();
     let (out, response) = streaming_response(Some("text/html"), cancel.clone());
     let (progress_tx, progress_rx) = render::progress::channel();
     let (done_tx, done_rx) = oneshot::channel();
@@ -162,7 +267,8 @@ fn start_media(state: Arc<AppState>, request: MediaRequest) -> Response {
         )
     });
     tokio::spawn(stream::pump(Some(progress_rx), done_rx, out.clone()));
-    tokio::spawn(async move {
+    let task = async move {
+        let _slot = slot;
         let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
         let _ = done_tx.send(final_message(&result));
@@ -176,12 +282,13 @@ fn start_media(state: Arc<AppState>, request: MediaRequest) -> Response {
         // Our sender kept the response open until here: on Cloud Run a request's CPU may be
         // throttled once its response is over, and the final webhook call must still go out.
         drop(out);
-    });
+    };
+    tokio::spawn(task.instrument(span.clone()));
     response
 }
 
 /// After a failure that the client will hear about: `error.txt` beside where the output would
-/// have been.
+/// have been. A render stopped by SIGTERM says so instead of "cancelled".
 async fn settle(
     state: &AppState,
     upload: &crate::options::UploadOptions,
@@ -189,10 +296,21 @@ async fn settle(
     result: Result<SuccessResponse, ErrorBody>,
     cancel: &CancellationToken,
 ) -> Result<SuccessResponse, ErrorBody> {
+    let result = match result {
+        Err(_) if state.shutdown.is_cancelled() => Err(shutdown_error()),
+        other => other,
+    };
     if let Err(e) = &result {
         tracing::warn!(render_id, "render failed: {}", e.message);
-        if !cancel.is_cancelled() {
-            write_error_txt(&state.storage, upload, render_id, e).await;
+        // A client that left needs no error.txt; one stopped by SIGTERM may look for it.
+        if !cancel.is_cancelled() || state.shutdown.is_cancelled() {
+            let write = write_error_txt(&state.storage, upload, render_id, e);
+            if tokio::time::timeout(Duration::from_secs(3), write)
+                .await
+                .is_err()
+            {
+                tracing::warn!(render_id, "writing error.txt took too long; skipped");
+            }
         }
     }
     result
@@ -306,22 +424,31 @@ async fn write_error_txt(
     }
 }
 
-fn start_still(state: Arc<AppState>, request: StillRequest) -> Response {
-    log_client_version(&request.client_version);
+fn start_still(
+    state: Arc<AppState>,
+    request: StillRequest,
+    slot: OwnedSemaphorePermit,
+    span: tracing::Span,
+) -> Response {
     let render_id = request
         .upload
         .render_id_override
         .clone()
         .unwrap_or_else(storage::random_render_id);
-    let cancel = CancellationToken::new();
+    span.record("render_id", render_id.as_str());
+    let _entered = span.enter();
+    log_client_version(&request.client_version);
+    let cancel = state.shutdown.child_token();
     let (out, response) = streaming_response(None, cancel.clone());
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(stream::pump(None, done_rx, out));
-    tokio::spawn(async move {
+    let task = async move {
+        let _slot = slot;
         let result = run_still(&state, &request, &render_id, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
         let _ = done_tx.send(final_message(&result));
-    });
+    };
+    tokio::spawn(task.instrument(span.clone()));
     response
 }
 

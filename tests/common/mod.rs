@@ -142,6 +142,10 @@ pub struct Service {
     pub child: Child,
     pub url: String,
     pub storage: tempfile::TempDir,
+    /// The service's TMPDIR: work files, downloaded media and Chromium profiles land here.
+    pub tmp: tempfile::TempDir,
+    /// Everything the service printed to stderr so far (it is echoed to ours too).
+    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Service {
@@ -160,6 +164,7 @@ impl Service {
     /// GCS as configured by `extra_env`.
     pub fn start_with(extra_env: &[(&str, &str)], local_storage: bool) -> Service {
         let storage = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
@@ -170,21 +175,39 @@ impl Service {
             .env_remove("CLOUDRUN_RENDER_LOCAL_STORAGE")
             .env_remove("STORAGE_EMULATOR_HOST")
             .env("RUST_LOG", "info")
+            .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         if local_storage {
             cmd.env("CLOUDRUN_RENDER_LOCAL_STORAGE", storage.path());
         }
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start the service");
+        let mut child = cmd.spawn().expect("start the service");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
         let url = format!("http://127.0.0.1:{port}");
         let service = Service {
             child,
             url,
             storage,
+            tmp,
+            logs,
         };
         service.wait_healthy();
         service
@@ -212,6 +235,20 @@ impl Service {
 
     pub fn object(&self, bucket: &str, key: &str) -> PathBuf {
         self.storage.path().join(bucket).join(key)
+    }
+
+    /// Names in the service's TMPDIR that start with `prefix`.
+    pub fn temp_entries(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(self.tmp.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM and waits for a clean exit.
