@@ -536,3 +536,68 @@ fn a_frozen_page_cannot_hang_the_render() {
     m.frame_range = FrameRange::Ranges(vec![(0, Some(2))]);
     assert_frames(&render(&m).path, &[0, 1, 2]);
 }
+
+#[test]
+fn a_second_still_of_the_same_composition_reuses_the_warm_tab() {
+    let same = site();
+    let mut other = site();
+    other.serialized_input_props = r#"{"x":1}"#.into();
+    runtime().block_on(async {
+        let own = Renderer::start(PageGuard::new(None)).await.unwrap();
+        let baseline = own.browser().page_count().await.unwrap();
+        let cancel = CancellationToken::new();
+        let shot = |frame: i64, id: &'static str| {
+            let mut s = StillOptions::new(id);
+            s.frame = frame;
+            s
+        };
+        let frame_of = |bytes: &[u8]| {
+            let img = image::load_from_memory(bytes).unwrap().to_rgb8();
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            bar_code(w, h, |x, y| img.get_pixel(x as u32, y as u32).0)
+        };
+        let (_, a) = own
+            .render_still(&same, &shot(3, "Stills"), Access::RemoteOnly, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(
+            own.browser().page_count().await.unwrap(),
+            baseline + 1,
+            "the tab stays open"
+        );
+        let (_, b) = own
+            .render_still(&same, &shot(8, "Stills"), Access::RemoteOnly, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(
+            own.browser().page_count().await.unwrap(),
+            baseline + 1,
+            "and is reused"
+        );
+        assert_eq!((frame_of(&a), frame_of(&b)), (3, 8));
+        // Other props are another page: the warm tab is replaced, not added to.
+        let (_, c) = own
+            .render_still(&other, &shot(-1, "Stills"), Access::RemoteOnly, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(frame_of(&c), 29);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while own.browser().page_count().await.unwrap() != baseline + 1 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(own.browser().page_count().await.unwrap(), baseline + 1);
+        // An out-of-range frame fails cleanly and the warm tab still serves the next still.
+        assert!(
+            own.render_still(&same, &shot(30, "Stills"), Access::RemoteOnly, &cancel)
+                .await
+                .is_err()
+        );
+        let (_, d) = own
+            .render_still(&same, &shot(1, "Stills"), Access::RemoteOnly, &cancel)
+            .await
+            .unwrap();
+        assert_eq!(frame_of(&d), 1);
+        own.shutdown().await;
+    });
+}
