@@ -24,7 +24,7 @@ use crate::browser::{
     self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
     PageSetup, PageViewport, contract, pool,
 };
-use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
+use crate::encode::{self, EncodeError, FramePreparer, PreparedFrame, VideoEncoder};
 use crate::options::{
     CompositionOverrides, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
     VideoImageFormat,
@@ -344,7 +344,8 @@ impl Renderer {
                 media.codec
             )));
         }
-        let settings = encode::settings(media, width, height, output_fps)?;
+        let settings = encode::settings(media, image_format, width, height, output_fps)?;
+        let preparer = Arc::new(FramePreparer::new(&settings));
         let format = match image_format {
             VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
                 quality: media.jpeg_quality,
@@ -404,8 +405,16 @@ impl Renderer {
         let (encoder_tx, encoder_thread) =
             spawn_encoder(output.to_path_buf(), settings, encoded.clone())?;
 
-        let ordered =
-            order_and_decode(captured_rx, encoder_tx, total, progress, &encoded, &stop).await;
+        let ordered = order_and_decode(
+            captured_rx,
+            encoder_tx,
+            preparer,
+            total,
+            progress,
+            &encoded,
+            &stop,
+        )
+        .await;
         if ordered.is_err() {
             stop.cancel();
         }
@@ -589,8 +598,8 @@ fn spawn_encoder(
             let mut complete = true;
             while let Some(frame) = rx.blocking_recv() {
                 match frame {
-                    OrderedFrame::Frame(decoded, _permit) => {
-                        encoder.push(&decoded)?;
+                    OrderedFrame::Frame(prepared, _permit) => {
+                        encoder.push(prepared)?;
                         encoded.store(encoder.encoded_frames(), Ordering::Relaxed);
                     }
                     OrderedFrame::Abort => {
@@ -618,16 +627,17 @@ fn spawn_encoder(
 }
 
 enum OrderedFrame {
-    Frame(DecodedFrame, tokio::sync::OwnedSemaphorePermit),
+    Frame(PreparedFrame, tokio::sync::OwnedSemaphorePermit),
     /// Stop without finalising the file.
     Abort,
 }
 
-/// Decodes captured frames in parallel and hands them to the encoder in order.
+/// Decodes and converts captured frames in parallel and hands them to the encoder in order.
 /// Returns the assets of every frame, in output order.
 async fn order_and_decode(
     mut captured: mpsc::Receiver<pool::CapturedFrame>,
     encoder: mpsc::Sender<OrderedFrame>,
+    preparer: Arc<FramePreparer>,
     total: u64,
     progress: &ProgressSender,
     encoded: &AtomicU64,
@@ -656,9 +666,10 @@ async fn order_and_decode(
                     let permit = f.permit;
                     let position = f.position;
                     let image = f.image;
+                    let preparer = preparer.clone();
                     decoding.spawn_blocking(move || {
                         let decoded = match image {
-                            Some(bytes) => encode::decode_frame(&bytes),
+                            Some(bytes) => preparer.prepare(&bytes),
                             None => Err(EncodeError::Decode("no image was captured".into())),
                         };
                         (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))
