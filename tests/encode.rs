@@ -327,28 +327,8 @@ fn prores_profiles_and_pixel_formats() {
     assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
 }
 
-/// Decodes a video to RGBA (with libvpx for vp8/vp9, whose alpha libav's own decoders drop).
 fn rgba_frames(path: &Path, decoder: Option<&str>) -> Vec<Vec<u8>> {
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-v", "error"]);
-    if let Some(d) = decoder {
-        cmd.args(["-c:v", d]);
-    }
-    let out = cmd
-        .arg("-i")
-        .arg(path)
-        .args(["-f", "rawvideo", "-pix_fmt", "rgba", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .chunks_exact((W * H * 4) as usize)
-        .map(<[u8]>::to_vec)
-        .collect()
+    common::rgba_frames(path, decoder, W as usize, H as usize)
 }
 
 fn rgba_at(frame: &[u8], x: u32, y: u32) -> [u8; 4] {
@@ -429,12 +409,11 @@ fn gif_palette_quality_transparency_and_loops() {
         let mut m = media(Codec::Gif);
         m.number_of_gif_loops = loops;
         let out = encode_jpeg(&m, 2, 25.0, false);
-        let bytes = std::fs::read(&out.path).unwrap();
-        let found = bytes
-            .windows(16)
-            .find(|w| &w[..11] == b"NETSCAPE2.0")
-            .map(|w| u16::from_le_bytes([w[13], w[14]]));
-        assert_eq!(found, expected, "numberOfGifLoops {loops:?}");
+        assert_eq!(
+            common::gif_loop_count(&out.path),
+            expected,
+            "numberOfGifLoops {loops:?}"
+        );
     }
 }
 
@@ -461,6 +440,60 @@ fn first_yuv(path: &Path) -> [u8; 3] {
         out.stdout[plane + center],
         out.stdout[2 * plane + center],
     ]
+}
+
+/// Chromium's JPEG screenshots are 4:2:0; the `image` encoder only writes 4:4:4.
+fn jpeg_420(rgb: &[u8], dir: &Path) -> Vec<u8> {
+    let png = dir.join("in.png");
+    image::save_buffer(&png, rgb, W, H, image::ExtendedColorType::Rgb8).unwrap();
+    let jpg = dir.join("in.jpg");
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&png)
+        .args(["-pix_fmt", "yuvj420p", "-q:v", "3"])
+        .arg(&jpg)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::read(jpg).unwrap()
+}
+
+#[test]
+fn jpeg_frames_become_what_ffmpeg_makes_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let shot = jpeg_420(&picture(300, W, H, true), dir.path());
+    std::fs::write(dir.path().join("shot.jpg"), &shot).unwrap();
+    let reference = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(dir.path().join("shot.jpg"))
+        .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+        .output()
+        .unwrap()
+        .stdout;
+    let s = settings_for(&media(Codec::H264), VideoImageFormat::Jpeg, 25.0);
+    let prepared = FramePreparer::new(&s).prepare(&shot).unwrap();
+    let (w, h) = (W as usize, H as usize);
+    let mut offset = 0;
+    for (plane, (pw, ph)) in [(w, h), (w / 2, h / 2), (w / 2, h / 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let ours = prepared.plane(plane);
+        let stride = prepared.stride(plane);
+        let mut worst = 0;
+        for y in 0..ph {
+            for x in 0..pw {
+                worst = worst.max(ours[y * stride + x].abs_diff(reference[offset + y * pw + x]));
+            }
+        }
+        offset += pw * ph;
+        assert!(
+            worst <= 1,
+            "plane {plane} differs by up to {worst}: ours {} ffmpeg {}",
+            ours[stride * 10 + 5],
+            reference[offset - pw * ph + pw * 10 + 5]
+        );
+    }
 }
 
 #[test]

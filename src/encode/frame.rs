@@ -1,10 +1,16 @@
 //! Screenshots → frames in the encoder's pixel format.
 //!
 //! This runs on the decode tasks, many frames at once, so the encoder thread only encodes:
-//! swscale is single-threaded per context, and at 1080p decode + convert cost about a third of
-//! what x264 spends on a frame. Each task borrows a workspace (decode buffer + converter) from
-//! a small pool, so buffers and swscale contexts are reused instead of rebuilt per frame; the
-//! pool never holds more workspaces than there were frames in flight at once.
+//! swscale is single-threaded per context, and at 1080p decode + convert cost a tenth of what
+//! x264 spends on a frame. Each task borrows a workspace (decoders, buffer, converter) from a
+//! small pool, so buffers and contexts are reused instead of rebuilt per frame; the pool never
+//! holds more workspaces than there were frames in flight at once.
+//!
+//! JPEGs bound for a YUV encoder in the default colour space are decoded by libav's mjpeg
+//! decoder, whose output already is (full-range BT.601) YUV: swscale then only rescales the
+//! range, which is what the renderer's ffmpeg does with the same screenshots, pixel for pixel,
+//! and half the work of going through RGB. Everything else (PNG, gif, another colour matrix)
+//! is decoded to packed RGB(A) by zune-jpeg or png, and converted from there.
 
 use std::io::Cursor;
 use std::ptr;
@@ -16,7 +22,7 @@ use image::ImageDecoder;
 use libc::c_int;
 
 use super::settings::VideoSettings;
-use super::{EncodeError, libav};
+use super::{EncodeError, init, libav};
 use crate::options::ColorSpace;
 
 /// A frame ready for [`super::VideoEncoder::push`].
@@ -29,6 +35,15 @@ impl PreparedFrame {
 
     pub fn height(&self) -> u32 {
         self.0.height()
+    }
+
+    /// Plane `index` (Y, U, V, A), [`PreparedFrame::stride`] bytes a row.
+    pub fn plane(&self, index: usize) -> &[u8] {
+        self.0.data(index)
+    }
+
+    pub fn stride(&self, index: usize) -> usize {
+        self.0.stride(index)
     }
 }
 
@@ -44,7 +59,66 @@ pub struct FramePreparer {
 #[derive(Default)]
 struct Workspace {
     pixels: Vec<u8>,
+    mjpeg: Option<Mjpeg>,
     converter: Option<Converter>,
+}
+
+/// What a converter reads: packed pixels in a buffer, or a decoded libav frame.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Packed(Packed<'a>),
+    Frame(&'a ff::frame::Video),
+}
+
+impl Source<'_> {
+    fn key(&self) -> (Pixel, u32, u32) {
+        match self {
+            Source::Packed(p) => (p.pixel, p.width, p.height),
+            Source::Frame(f) => (f.format(), f.width(), f.height()),
+        }
+    }
+
+    /// Whether a source format is full range. JPEG's YUV comes as the `yuvj` formats, which
+    /// are deprecated, but swscale picks its range conversion from them when the context is
+    /// made: telling it later would leave the plain copy it chose for yuv → yuv in place.
+    fn full_range(pixel: Pixel) -> bool {
+        matches!(
+            pixel,
+            Pixel::YUVJ420P
+                | Pixel::YUVJ422P
+                | Pixel::YUVJ444P
+                | Pixel::YUVJ440P
+                | Pixel::RGB24
+                | Pixel::RGBA
+        )
+    }
+
+    /// Plane pointers and strides, as swscale reads them.
+    fn planes(&self) -> ([*const u8; 4], [c_int; 4]) {
+        match self {
+            Source::Packed(p) => {
+                let bpp = if p.pixel == Pixel::RGBA { 4 } else { 3 };
+                let stride = p.width as usize * bpp;
+                assert!(p.data.len() >= stride * p.height as usize);
+                let null = ptr::null();
+                (
+                    [p.data.as_ptr(), null, null, null],
+                    [stride as c_int, 0, 0, 0],
+                )
+            }
+            Source::Frame(f) => {
+                // SAFETY: reading the plane table of a frame we borrow.
+                let raw = unsafe { &*f.as_ptr() };
+                let mut data = [ptr::null(); 4];
+                let mut stride = [0; 4];
+                for i in 0..4 {
+                    data[i] = raw.data[i] as *const u8;
+                    stride[i] = raw.linesize[i];
+                }
+                (data, stride)
+            }
+        }
+    }
 }
 
 /// Packed 8-bit RGB or RGBA pixels, rows without padding.
@@ -58,6 +132,7 @@ struct Packed<'a> {
 
 impl FramePreparer {
     pub fn new(settings: &VideoSettings) -> FramePreparer {
+        init();
         FramePreparer {
             width: settings.width,
             height: settings.height,
@@ -70,6 +145,14 @@ impl FramePreparer {
     /// Decodes a JPEG or PNG screenshot and converts it.
     pub fn prepare(&self, image: &[u8]) -> Result<PreparedFrame, EncodeError> {
         self.with_workspace(|ws| {
+            if self.jpeg_as_yuv() && image.starts_with(&[0xff, 0xd8]) {
+                let mjpeg = match &mut ws.mjpeg {
+                    Some(m) => m,
+                    empty => empty.insert(Mjpeg::new()?),
+                };
+                let frame = mjpeg.decode(image)?;
+                return self.convert(&mut ws.converter, Source::Frame(frame));
+            }
             let (width, height, pixel) = decode_into(image, &mut ws.pixels)?;
             let packed = Packed {
                 data: &ws.pixels,
@@ -77,8 +160,12 @@ impl FramePreparer {
                 height,
                 pixel,
             };
-            self.convert(&mut ws.converter, packed)
+            self.convert(&mut ws.converter, Source::Packed(packed))
         })
+    }
+
+    fn jpeg_as_yuv(&self) -> bool {
+        self.color == ColorSpace::Default && !matches!(self.pixel, Pixel::RGB24 | Pixel::RGBA)
     }
 
     /// Converts raw packed RGB (`alpha == false`) or RGBA pixels.
@@ -106,7 +193,7 @@ impl FramePreparer {
             height,
             pixel,
         };
-        self.with_workspace(|ws| self.convert(&mut ws.converter, packed))
+        self.with_workspace(|ws| self.convert(&mut ws.converter, Source::Packed(packed)))
     }
 
     fn with_workspace<T>(&self, f: impl FnOnce(&mut Workspace) -> T) -> T {
@@ -123,13 +210,11 @@ impl FramePreparer {
     fn convert(
         &self,
         converter: &mut Option<Converter>,
-        src: Packed<'_>,
+        src: Source<'_>,
     ) -> Result<PreparedFrame, EncodeError> {
-        let fits = converter
-            .as_ref()
-            .is_some_and(|c| c.input() == (src.pixel, src.width, src.height));
+        let fits = converter.as_ref().is_some_and(|c| c.input() == src.key());
         if !fits {
-            *converter = Some(self.converter_for(&src)?);
+            *converter = Some(self.converter_for(src.key())?);
         }
         let frame = match converter.as_mut().expect("converter was just set") {
             Converter::Scale(s) => s.run(&src, self.pixel, self.width, self.height)?,
@@ -138,7 +223,7 @@ impl FramePreparer {
         Ok(PreparedFrame(frame))
     }
 
-    fn converter_for(&self, src: &Packed<'_>) -> Result<Converter, EncodeError> {
+    fn converter_for(&self, src: (Pixel, u32, u32)) -> Result<Converter, EncodeError> {
         let rgb_out = matches!(self.pixel, Pixel::RGB24 | Pixel::RGBA);
         // swscale cannot do the constant-luminance BT.2020 matrix (it needs linear light);
         // zimg can.
@@ -166,6 +251,39 @@ impl FramePreparer {
 }
 
 /// Decodes into `buf` (resized, reused), returning the size and packed pixel format.
+/// libav's JPEG decoder, single-threaded: the decode tasks are the parallelism.
+struct Mjpeg {
+    decoder: ff::decoder::Video,
+    frame: ff::frame::Video,
+}
+
+impl Mjpeg {
+    fn new() -> Result<Mjpeg, EncodeError> {
+        let codec = ff::decoder::find(ff::codec::Id::MJPEG)
+            .ok_or_else(|| EncodeError::MissingEncoder("mjpeg (decoder)".into()))?;
+        let decoder = ff::codec::context::Context::new_with_codec(codec)
+            .decoder()
+            .video()
+            .map_err(libav("opening the JPEG decoder"))?;
+        Ok(Mjpeg {
+            decoder,
+            frame: ff::frame::Video::empty(),
+        })
+    }
+
+    fn decode(&mut self, image: &[u8]) -> Result<&ff::frame::Video, EncodeError> {
+        // A copy, because the decoder reads past the end into the padding a packet has.
+        let packet = ff::Packet::copy(image);
+        self.decoder
+            .send_packet(&packet)
+            .map_err(|e| EncodeError::Decode(format!("JPEG: {e}")))?;
+        self.decoder
+            .receive_frame(&mut self.frame)
+            .map_err(|e| EncodeError::Decode(format!("JPEG: {e}")))?;
+        Ok(&self.frame)
+    }
+}
+
 fn decode_into(image: &[u8], buf: &mut Vec<u8>) -> Result<(u32, u32, Pixel), EncodeError> {
     let err = |e: String| EncodeError::Decode(e);
     match image::guess_format(image).map_err(|e| err(e.to_string()))? {
@@ -239,76 +357,67 @@ unsafe impl Send for Scaler {}
 
 impl Scaler {
     fn new(
-        src: &Packed<'_>,
+        src: (Pixel, u32, u32),
         pixel: Pixel,
         width: u32,
         height: u32,
         color: ColorSpace,
     ) -> Result<Scaler, EncodeError> {
         let mut ctx = ff::software::scaling::Context::get(
-            src.pixel,
-            src.width,
-            src.height,
+            src.0,
+            src.1,
+            src.2,
             pixel,
             width,
             height,
             ff::software::scaling::Flags::BILINEAR,
         )
         .map_err(libav("creating the pixel converter"))?;
-        // Without this swscale writes BT.601 (what the renderer's ffmpeg writes by default);
-        // an asked-for colour space gets its own matrix, into limited range.
+        // The default is BT.601, what the renderer's ffmpeg writes; an asked-for colour space
+        // gets its own matrix. YUV output is limited range. JPEG's YUV is BT.601.
         let matrix = match color {
-            ColorSpace::Default => None,
-            ColorSpace::Bt709 => Some(ff::ffi::AVColorSpace::AVCOL_SPC_BT709),
+            ColorSpace::Default => ff::ffi::SWS_CS_DEFAULT as c_int,
+            ColorSpace::Bt709 => ff::ffi::AVColorSpace::AVCOL_SPC_BT709 as c_int,
             ColorSpace::Bt2020Ncl | ColorSpace::Bt2020Cl => {
-                Some(ff::ffi::AVColorSpace::AVCOL_SPC_BT2020_NCL)
+                ff::ffi::AVColorSpace::AVCOL_SPC_BT2020_NCL as c_int
             }
         };
-        if let Some(matrix) = matrix {
-            // SAFETY: the context is valid; sws_getCoefficients returns static tables.
-            let status = unsafe {
-                let rgb = ff::ffi::sws_getCoefficients(ff::ffi::SWS_CS_DEFAULT as c_int);
-                let table = ff::ffi::sws_getCoefficients(matrix as c_int);
-                ff::ffi::sws_setColorspaceDetails(
-                    ctx.as_mut_ptr(),
-                    rgb,
-                    1,
-                    table,
-                    0,
-                    0,
-                    1 << 16,
-                    1 << 16,
-                )
-            };
-            if status < 0 {
-                return Err(EncodeError::Libav {
-                    during: "setting the colour matrix",
-                    source: ff::Error::from(status),
-                });
-            }
+        let dst_full_range = matches!(pixel, Pixel::RGB24 | Pixel::RGBA);
+        // SAFETY: the context is valid; sws_getCoefficients returns static tables.
+        let status = unsafe {
+            ff::ffi::sws_setColorspaceDetails(
+                ctx.as_mut_ptr(),
+                ff::ffi::sws_getCoefficients(ff::ffi::SWS_CS_DEFAULT as c_int),
+                Source::full_range(src.0) as c_int,
+                ff::ffi::sws_getCoefficients(matrix),
+                dst_full_range as c_int,
+                0,
+                1 << 16,
+                1 << 16,
+            )
+        };
+        if status < 0 {
+            return Err(EncodeError::Libav {
+                during: "setting the colour matrix",
+                source: ff::Error::from(status),
+            });
         }
-        Ok(Scaler {
-            ctx,
-            input: (src.pixel, src.width, src.height),
-        })
+        Ok(Scaler { ctx, input: src })
     }
 
-    /// Converts straight from the decode buffer: no intermediate frame, no copy.
+    /// Converts straight from the decode buffer or frame: no intermediate copy.
     fn run(
         &mut self,
-        src: &Packed<'_>,
+        src: &Source<'_>,
         pixel: Pixel,
         width: u32,
         height: u32,
     ) -> Result<ff::frame::Video, EncodeError> {
-        let bpp = if src.pixel == Pixel::RGBA { 4 } else { 3 };
-        let stride = src.width as usize * bpp;
-        assert!(src.data.len() >= stride * src.height as usize);
+        let (src_data, src_stride) = src.planes();
         let mut out = ff::frame::Video::new(pixel, width, height);
-        let src_data: [*const u8; 4] = [src.data.as_ptr(), ptr::null(), ptr::null(), ptr::null()];
-        let src_stride: [c_int; 4] = [stride as c_int, 0, 0, 0];
-        // SAFETY: the source holds `height` rows of `stride` bytes (asserted above); the
-        // output frame was allocated for the context's output format and size.
+        // SAFETY: the planes describe a whole image of the context's input format and size
+        // (`Source::planes` checks packed buffers); the output frame was allocated for the
+        // context's output format and size.
         let rows = unsafe {
             let dst = out.as_mut_ptr();
             ff::ffi::sws_scale(
@@ -316,7 +425,7 @@ impl Scaler {
                 src_data.as_ptr(),
                 src_stride.as_ptr(),
                 0,
-                src.height as c_int,
+                self.input.2 as c_int,
                 (*dst).data.as_ptr(),
                 (*dst).linesize.as_ptr(),
             )
@@ -338,7 +447,12 @@ struct Zimg {
 }
 
 impl Zimg {
-    fn new(src: &Packed<'_>, pixel: Pixel, width: u32, height: u32) -> Result<Zimg, EncodeError> {
+    fn new(
+        src: (Pixel, u32, u32),
+        pixel: Pixel,
+        width: u32,
+        height: u32,
+    ) -> Result<Zimg, EncodeError> {
         let failed = libav("building the zscale filter");
         let find = |name: &str| {
             ff::filter::find(name).ok_or_else(|| EncodeError::MissingEncoder(name.into()))
@@ -346,9 +460,9 @@ impl Zimg {
         let mut graph = ff::filter::Graph::new();
         let args = format!(
             "video_size={}x{}:pix_fmt={}:time_base=1/1:pixel_aspect=1/1",
-            src.width,
-            src.height,
-            ff::ffi::AVPixelFormat::from(src.pixel) as c_int
+            src.1,
+            src.2,
+            ff::ffi::AVPixelFormat::from(src.0) as c_int
         );
         graph.add(&find("buffer")?, "in", &args).map_err(&failed)?;
         let mut sink = graph
@@ -367,20 +481,25 @@ impl Zimg {
             .and_then(|p| p.parse(&spec))
             .map_err(&failed)?;
         graph.validate().map_err(failed)?;
-        Ok(Zimg {
-            graph,
-            input: (src.pixel, src.width, src.height),
-        })
+        Ok(Zimg { graph, input: src })
     }
 
-    fn run(&mut self, src: &Packed<'_>) -> Result<ff::frame::Video, EncodeError> {
-        let mut input = ff::frame::Video::new(src.pixel, src.width, src.height);
-        copy_packed(src, &mut input);
+    fn run(&mut self, src: &Source<'_>) -> Result<ff::frame::Video, EncodeError> {
+        let copied;
+        let input = match src {
+            Source::Frame(f) => *f,
+            Source::Packed(p) => {
+                let mut frame = ff::frame::Video::new(p.pixel, p.width, p.height);
+                copy_packed(p, &mut frame);
+                copied = frame;
+                &copied
+            }
+        };
         self.graph
             .get("in")
             .expect("the graph has an input")
             .source()
-            .add(&input)
+            .add(input)
             .map_err(libav("feeding the zscale filter"))?;
         let mut out = ff::frame::Video::empty();
         self.graph
