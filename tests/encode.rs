@@ -231,14 +231,25 @@ fn crf_and_bitrates_take_effect() {
     );
     assert!(sizes[0] > sizes[1] * 3, "{sizes:?}");
 
-    let mut vp9 = Vec::new();
-    for crf in [20.0, 50.0] {
-        let mut m = media(Codec::Vp9);
-        m.crf = Some(crf);
-        vp9.push(size(&encode_jpeg(&m, 10, fps, true).path));
+    // libvpx's constant-quality modes: CRF must not be swallowed by a bitrate ceiling.
+    for codec in [Codec::Vp8, Codec::Vp9] {
+        let sizes: Vec<u64> = [10.0, 50.0]
+            .into_iter()
+            .map(|crf| {
+                let mut m = media(codec);
+                m.crf = Some(crf);
+                size(&encode_jpeg(&m, 10, fps, true).path)
+            })
+            .collect();
+        eprintln!(
+            "{codec} crf 10: {} bytes, crf 50: {} bytes",
+            sizes[0], sizes[1]
+        );
+        assert!(
+            sizes[0] as f64 > sizes[1] as f64 * 1.5,
+            "{codec}: {sizes:?}"
+        );
     }
-    eprintln!("vp9 crf 20: {} bytes, crf 50: {} bytes", vp9[0], vp9[1]);
-    assert!(vp9[0] > vp9[1] * 2, "{vp9:?}");
 
     for (codec, target) in [(Codec::H264, 400_000.0), (Codec::Vp8, 300_000.0)] {
         let mut m = media(codec);
@@ -259,7 +270,7 @@ fn crf_and_bitrates_take_effect() {
     let uncapped = sizes[0] as f64 * 8.0 / (frames as f64 / fps);
     eprintln!("h264 crf 18 capped at 250k: {capped} (uncapped {uncapped})");
     assert!(
-        capped < 250_000.0 * 1.3 && uncapped > capped * 2.0,
+        capped < 250_000.0 * 1.5 && uncapped > capped * 4.0,
         "{capped} vs {uncapped}"
     );
 }

@@ -328,6 +328,12 @@ pub fn settings(
         );
         (video_bitrate, max_rate, buffer_size) = (None, None, None);
     }
+    if codec == Codec::Gif && media.color_space != ColorSpace::Default {
+        tracing::warn!(
+            "gif has a palette, not a colour matrix: \"colorSpace\" {} is ignored",
+            media.color_space
+        );
+    }
     let crf = match (media.crf, video_bitrate) {
         (_, Some(_)) => None,
         (Some(c), None) => Some(c),

@@ -93,9 +93,12 @@ impl VideoEncoder {
             }
             Codec::Vp8 | Codec::Vp9 => {
                 if s.bitrate.is_none() {
-                    // libvpx's default target of 256 kbit/s caps constant-quality mode: vp8's
-                    // CRF needs a ceiling, vp9's pure CRF mode wants 0.
-                    enc.set_bit_rate(if s.codec == Codec::Vp8 { 8_000_000 } else { 0 });
+                    enc.set_bit_rate(if s.codec == Codec::Vp8 {
+                        vp8_quality_ceiling(s)
+                    } else {
+                        // vp9's pure constant-quality mode.
+                        0
+                    });
                 }
                 if s.pixel_format == PixelFormat::Yuva420p {
                     opts.set("auto-alt-ref", "0");
@@ -237,6 +240,14 @@ impl VideoEncoder {
             .map_err(libav("finalising the container"))?;
         Ok(self.next_pts as u64)
     }
+}
+
+/// vp8's constant-quality mode needs a bitrate ceiling; libvpx's default of 256 kbit/s (what
+/// the renderer's ffmpeg ends up with) overrides any CRF at HD sizes. Half a bit per pixel is
+/// out of the way of every CRF but the lowest.
+fn vp8_quality_ceiling(s: &VideoSettings) -> usize {
+    let pixels_per_second = s.width as f64 * s.height as f64 * s.frame_rate.as_f64();
+    (pixels_per_second * 0.5).max(1_000_000.0) as usize
 }
 
 /// Tags the stream with the colour space the frames were converted to (`frame.rs`), with the
