@@ -1,7 +1,7 @@
 //! Encode throughput at 1080p, the way a render feeds the encoder: JPEG screenshots decoded and
 //! converted on worker threads, encoded in order on one thread.
 //!
-//! `[BENCH_FRAMES=dir-of-jpgs] [BENCH_CRF=n] cargo run --release --example encode_bench -- [h264|vp8|…] [frames]`
+//! `[BENCH_FRAMES=dir-of-jpgs] [BENCH_CRF=n] [BENCH_COLOR=bt709] cargo run --release --example encode_bench -- [h264|vp8|…] [frames]`
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -83,6 +83,9 @@ fn main() {
     let mut media = MediaOptions::new("bench");
     media.codec = codec;
     media.crf = std::env::var("BENCH_CRF").ok().map(|c| c.parse().unwrap());
+    if let Ok(c) = std::env::var("BENCH_COLOR") {
+        media.color_space = c.parse().unwrap();
+    }
     encode::validate(&media, VideoImageFormat::Jpeg).unwrap();
     let settings = encode::settings(&media, VideoImageFormat::Jpeg, W, H, 30.0).unwrap();
     let preparer = FramePreparer::new(&settings);
