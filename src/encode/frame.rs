@@ -21,6 +21,7 @@ use ffmpeg_next as ff;
 use image::ImageDecoder;
 use libc::c_int;
 
+use super::filter::VideoFilter;
 use super::settings::VideoSettings;
 use super::{EncodeError, init, libav};
 use crate::options::ColorSpace;
@@ -442,7 +443,7 @@ impl Scaler {
 
 /// zimg (libavfilter's `zscale`) for the constant-luminance BT.2020 matrix.
 struct Zimg {
-    graph: ff::filter::Graph,
+    filter: VideoFilter,
     input: (Pixel, u32, u32),
 }
 
@@ -453,35 +454,20 @@ impl Zimg {
         width: u32,
         height: u32,
     ) -> Result<Zimg, EncodeError> {
-        let failed = libav("building the zscale filter");
-        let find = |name: &str| {
-            ff::filter::find(name).ok_or_else(|| EncodeError::MissingEncoder(name.into()))
-        };
-        let mut graph = ff::filter::Graph::new();
-        let args = format!(
-            "video_size={}x{}:pix_fmt={}:time_base=1/1:pixel_aspect=1/1",
-            src.1,
-            src.2,
-            ff::ffi::AVPixelFormat::from(src.0) as c_int
-        );
-        graph.add(&find("buffer")?, "in", &args).map_err(&failed)?;
-        let mut sink = graph
-            .add(&find("buffersink")?, "out", "")
-            .map_err(&failed)?;
-        sink.set_pixel_format(pixel);
-        find("zscale")?;
+        ff::filter::find("zscale").ok_or_else(|| EncodeError::MissingEncoder("zscale".into()))?;
         // The CL matrix works on linear light, so zimg needs the transfer; BT.709's and
         // BT.2020's curves are the same, so this converts the matrix and range only.
         let spec = format!(
             "zscale=w={width}:h={height}:matrix=2020_cl:transfer=2020_10:tin=709:rangein=full:range=limited"
         );
-        graph
-            .output("in", 0)
-            .and_then(|p| p.input("out", 0))
-            .and_then(|p| p.parse(&spec))
-            .map_err(&failed)?;
-        graph.validate().map_err(failed)?;
-        Ok(Zimg { graph, input: src })
+        let filter = VideoFilter::new(
+            src,
+            ff::Rational::new(1, 1),
+            pixel,
+            &spec,
+            "converting with zscale",
+        )?;
+        Ok(Zimg { filter, input: src })
     }
 
     fn run(&mut self, src: &Source<'_>) -> Result<ff::frame::Video, EncodeError> {
@@ -495,19 +481,11 @@ impl Zimg {
                 &copied
             }
         };
-        self.graph
-            .get("in")
-            .expect("the graph has an input")
-            .source()
-            .add(input)
-            .map_err(libav("feeding the zscale filter"))?;
+        self.filter.push(Some(input))?;
         let mut out = ff::frame::Video::empty();
-        self.graph
-            .get("out")
-            .expect("the graph has an output")
-            .sink()
-            .frame(&mut out)
-            .map_err(libav("reading the zscale filter"))?;
+        if !self.filter.pull(&mut out)? {
+            return Err(EncodeError::Decode("zscale kept the frame".into()));
+        }
         Ok(out)
     }
 }

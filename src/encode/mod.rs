@@ -11,6 +11,7 @@
 
 pub mod audio;
 pub mod codec;
+mod filter;
 mod frame;
 pub mod mux;
 mod settings;
