@@ -428,7 +428,29 @@ fn gif_palette_quality_transparency_and_loops() {
     }
 }
 
-/// The first Y, Cb, Cr samples of the first frame, as stored (no conversion).
+#[test]
+fn gif_frames_stream_through_the_palette() {
+    // A palette per frame means no frame waits for the end: memory does not grow with length.
+    let s = settings_for(&media(Codec::Gif), VideoImageFormat::Jpeg, 25.0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.gif");
+    let preparer = FramePreparer::new(&s);
+    let mut encoder = VideoEncoder::create(&path, &s).unwrap();
+    let rgb = picture(1, W, H, false);
+    for pushed in 1..=20u64 {
+        encoder
+            .push(preparer.prepare_raw(&rgb, W, H, false).unwrap())
+            .unwrap();
+        assert!(
+            encoder.encoded_frames() + 2 >= pushed,
+            "{} of {pushed} frames written",
+            encoder.encoded_frames()
+        );
+    }
+    assert_eq!(encoder.finish().unwrap(), 20);
+}
+
+/// Y, Cb, Cr at the centre of the first frame, as stored (no colour conversion).
 fn first_yuv(path: &Path) -> [u8; 3] {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])

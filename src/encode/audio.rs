@@ -386,3 +386,29 @@ impl<'s> Track<'s> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcm_is_read_in_whole_stereo_frames() {
+        let samples: Vec<i16> = (0..10).collect();
+        let mut pcm = Pcm::s16(&samples, DEFAULT_SAMPLE_RATE);
+        // 7 bytes hold one stereo s16 frame (4 bytes) and a bit.
+        let mut out = [0u8; 7];
+        assert_eq!(pcm.read(&mut out).unwrap(), 4);
+        assert_eq!(&out[..4], bytemuck::cast_slice::<i16, u8>(&[0, 1]));
+        let mut rest = [0u8; 64];
+        assert_eq!(pcm.read(&mut rest).unwrap(), 16);
+        assert_eq!(pcm.read(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn audio_bitrate_defaults_to_320k_and_names_the_option() {
+        let s = AudioSettings::new(AudioCodec::Aac, None).unwrap();
+        assert_eq!(s.bitrate, 320_000);
+        let e = AudioSettings::new(AudioCodec::Mp3, Some("x")).unwrap_err();
+        assert!(e.to_string().contains("\"audioBitrate\""), "{e}");
+    }
+}
