@@ -3,88 +3,17 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use cloudrun_render::browser::PageGuard;
 use cloudrun_render::options::{
-    ChromiumOptions, Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat,
-    StillOptions, VideoImageFormat,
+    ChromiumOptions, Concurrency, FrameRange, SiteOptions, StillImageFormat, StillOptions,
+    VideoImageFormat,
 };
-use cloudrun_render::render::{self, MediaOutcome, RenderError, Renderer};
+use cloudrun_render::render::{self, Renderer};
 use cloudrun_render::site::Access;
 use common::*;
 use tokio_util::sync::CancellationToken;
-
-fn renderer() -> &'static Renderer {
-    static R: OnceLock<Renderer> = OnceLock::new();
-    R.get_or_init(|| {
-        runtime()
-            .block_on(Renderer::start(PageGuard::new(None)))
-            .expect("start the renderer")
-    })
-}
-
-fn site_url() -> String {
-    format!("{}/site/", fixture_server())
-}
-
-fn site() -> SiteOptions {
-    SiteOptions::new(site_url())
-}
-
-struct Rendered {
-    outcome: MediaOutcome,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered, RenderError> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("out.mp4");
-    let (tx, _rx) = render::progress::channel();
-    let outcome = runtime().block_on(renderer().render_media(
-        site,
-        media,
-        Access::RemoteOnly,
-        &path,
-        &tx,
-        &CancellationToken::new(),
-    ));
-    if outcome.is_err() {
-        assert!(!path.exists(), "a failed render left its output behind");
-    }
-    Ok(Rendered {
-        outcome: outcome?,
-        path,
-        _dir: dir,
-    })
-}
-
-fn render(media: &MediaOptions) -> Rendered {
-    render_with(&site(), media).expect("render")
-}
-
-fn fail(site: &SiteOptions, media: &MediaOptions) -> RenderError {
-    match render_with(site, media) {
-        Ok(_) => panic!("the render of {} should have failed", media.composition_id),
-        Err(e) => e,
-    }
-}
-
-fn media(id: &str) -> MediaOptions {
-    MediaOptions::new(id)
-}
-
-/// Asserts output frame k shows composition frame `expected[k]`.
-fn assert_frames(path: &Path, expected: &[u64]) {
-    let frames = RgbFrames::decode(path);
-    assert_eq!(frames.frames.len(), expected.len(), "frame count");
-    for (k, want) in expected.iter().enumerate() {
-        assert_eq!(frames.frame_number(k), *want, "output frame {k}");
-    }
-}
 
 #[test]
 fn every_frame_lands_in_order() {

@@ -1,5 +1,7 @@
-//! What each codec means in libav terms: container, extension, encoder, CRF rules.
+//! What each codec means in libav terms: container, extension, encoder, CRF rules, and which
+//! audio codecs go with it.
 
+use super::EncodeError;
 use crate::options::{AudioCodec, Codec};
 
 /// The static facts about one output codec.
@@ -110,6 +112,86 @@ pub fn traits(codec: Codec) -> CodecTraits {
     }
 }
 
+/// The renderer's audio table: the audio codecs a codec allows, its default, and its default
+/// when `preferLossless` is set.
+fn audio_codecs(codec: Codec) -> (&'static [AudioCodec], Option<AudioCodec>) {
+    use AudioCodec::*;
+    match codec {
+        Codec::H264 => (&[Aac, Pcm16, Mp3], Some(Aac)),
+        Codec::H265 => (&[Aac, Pcm16], Some(Aac)),
+        Codec::Vp8 | Codec::Vp9 => (&[Opus, Pcm16], Some(Opus)),
+        Codec::Prores => (&[Aac, Pcm16], Some(Pcm16)),
+        Codec::Gif => (&[], None),
+        Codec::Mp3 => (&[Mp3, Pcm16], Some(Mp3)),
+        Codec::Aac => (&[Aac, Pcm16], Some(Aac)),
+        Codec::Wav => (&[Pcm16], Some(Pcm16)),
+        Codec::H264Mkv => (&[Pcm16, Mp3], Some(Pcm16)),
+        Codec::H264Ts => (&[Pcm16, Aac], Some(Aac)),
+    }
+}
+
+/// The audio codec a render uses, as the renderer resolves it: `preferLossless` wins (even over
+/// an explicit `audioCodec`), then the explicit setting, then the codec's default. `None` for
+/// codecs without audio (gif).
+pub fn resolve_audio_codec(
+    codec: Codec,
+    audio_codec: Option<AudioCodec>,
+    prefer_lossless: bool,
+) -> Result<Option<AudioCodec>, EncodeError> {
+    let (allowed, default) = audio_codecs(codec);
+    if prefer_lossless {
+        return Ok(default.map(|_| AudioCodec::Pcm16));
+    }
+    match audio_codec {
+        None => Ok(default),
+        Some(a) if allowed.contains(&a) => Ok(Some(a)),
+        Some(a) => {
+            let supported: Vec<&str> = allowed.iter().map(|a| a.as_str()).collect();
+            Err(EncodeError::InvalidOption(format!(
+                "Audio codec {a} is not supported for codec {codec} (\"audioCodec\"). Supported: {}.",
+                if supported.is_empty() {
+                    "none".to_string()
+                } else {
+                    supported.join(", ")
+                }
+            )))
+        }
+    }
+}
+
+/// The libav encoder of an audio codec. Debian's libav has no libfdk_aac (the renderer's
+/// choice), so aac uses libav's native encoder.
+pub fn audio_encoder_name(audio: AudioCodec) -> &'static str {
+    match audio {
+        AudioCodec::Aac => "aac",
+        AudioCodec::Mp3 => "libmp3lame",
+        AudioCodec::Opus => "libopus",
+        AudioCodec::Pcm16 => "pcm_s16le",
+    }
+}
+
+/// The libav muxer for an output file extension (the container follows the file name, as it
+/// does for the ffmpeg CLI).
+pub fn muxer_for_extension(extension: &str) -> Option<&'static str> {
+    Some(match extension.to_ascii_lowercase().as_str() {
+        "mp4" | "m4v" | "m4a" | "m4b" => "mp4",
+        "mov" => "mov",
+        "mkv" => "matroska",
+        "webm" => "webm",
+        "ts" => "mpegts",
+        "gif" => "gif",
+        "mp3" => "mp3",
+        "aac" => "adts",
+        "wav" => "wav",
+        "opus" => "opus",
+        "mxf" => "mxf",
+        "3gp" => "3gp",
+        "hevc" => "hevc",
+        "mpg" | "mpeg" => "mpeg",
+        _ => return None,
+    })
+}
+
 /// The extension of the default output name, from the codec and the *resolved* audio codec
 /// (the original service used the raw setting, which made `preferLossless` fail; we do not).
 pub fn file_extension(codec: Codec, audio: Option<AudioCodec>) -> &'static str {
@@ -166,5 +248,44 @@ mod tests {
         assert_eq!(file_extension(Codec::H264Mkv, None), "mkv");
         assert_eq!(content_type_for_name("renders/x/out.MP4"), "video/mp4");
         assert_eq!(content_type_for_name("noext"), "application/octet-stream");
+    }
+
+    #[test]
+    fn audio_codecs_resolve_like_the_renderer() {
+        use AudioCodec::*;
+        let r = |c, a, l| resolve_audio_codec(c, a, l).unwrap();
+        assert_eq!(r(Codec::H264, None, false), Some(Aac));
+        assert_eq!(r(Codec::H264, None, true), Some(Pcm16));
+        assert_eq!(r(Codec::H264, Some(Mp3), false), Some(Mp3));
+        // preferLossless overrides an explicit codec, even one the codec would refuse.
+        assert_eq!(r(Codec::H264, Some(Opus), true), Some(Pcm16));
+        assert_eq!(r(Codec::Prores, None, false), Some(Pcm16));
+        assert_eq!(r(Codec::Vp8, None, false), Some(Opus));
+        assert_eq!(r(Codec::Vp9, None, true), Some(Pcm16));
+        assert_eq!(r(Codec::Gif, None, true), None);
+        assert_eq!(r(Codec::Mp3, None, false), Some(Mp3));
+        assert_eq!(r(Codec::Aac, None, true), Some(Pcm16));
+        assert_eq!(r(Codec::Wav, None, false), Some(Pcm16));
+        assert_eq!(r(Codec::H264Ts, None, false), Some(Aac));
+        let e = resolve_audio_codec(Codec::Vp8, Some(Aac), false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Audio codec aac is not supported for codec vp8 (\"audioCodec\"). Supported: opus, pcm-16."
+        );
+        let e = resolve_audio_codec(Codec::Gif, Some(Aac), false).unwrap_err();
+        assert!(e.to_string().contains("Supported: none"), "{e}");
+    }
+
+    #[test]
+    fn containers_follow_the_extension() {
+        for codec in Codec::ALL {
+            for audio in [None, resolve_audio_codec(*codec, None, false).unwrap()] {
+                let ext = file_extension(*codec, audio);
+                assert!(muxer_for_extension(ext).is_some(), "{codec} {ext}");
+            }
+        }
+        assert_eq!(muxer_for_extension("MKV"), Some("matroska"));
+        assert_eq!(muxer_for_extension("aac"), Some("adts"));
+        assert_eq!(muxer_for_extension("xyz"), None);
     }
 }

@@ -25,7 +25,7 @@ use crate::browser::{
     self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
     PageGuard, PageSetup, PageViewport, contract, pool,
 };
-use crate::encode::{self, DecodedFrame, EncodeError, VideoEncoder};
+use crate::encode::{self, EncodeError, FramePreparer, PreparedFrame, VideoEncoder};
 use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions, VideoImageFormat};
 use crate::site::{Access, Site, SiteError};
@@ -372,7 +372,8 @@ impl Renderer {
                 media.codec
             )));
         }
-        let settings = encode::settings(media, width, height, output_fps)?;
+        let settings = encode::settings(media, image_format, width, height, output_fps)?;
+        let preparer = Arc::new(FramePreparer::new(&settings));
         let format = match image_format {
             VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
                 quality: media.jpeg_quality,
@@ -432,8 +433,16 @@ impl Renderer {
         let (encoder_tx, encoder_thread) =
             spawn_encoder(output.to_path_buf(), settings, encoded.clone())?;
 
-        let ordered =
-            order_and_decode(captured_rx, encoder_tx, total, progress, &encoded, &stop).await;
+        let ordered = order_and_decode(
+            captured_rx,
+            encoder_tx,
+            preparer,
+            total,
+            progress,
+            &encoded,
+            &stop,
+        )
+        .await;
         if ordered.is_err() {
             stop.cancel();
         }
@@ -529,8 +538,8 @@ fn spawn_encoder(
             let mut complete = true;
             while let Some(frame) = rx.blocking_recv() {
                 match frame {
-                    OrderedFrame::Frame(decoded, _permit) => {
-                        encoder.push(&decoded)?;
+                    OrderedFrame::Frame(prepared, _permit) => {
+                        encoder.push(prepared)?;
                         encoded.store(encoder.encoded_frames(), Ordering::Relaxed);
                     }
                     OrderedFrame::Abort => {
@@ -558,16 +567,17 @@ fn spawn_encoder(
 }
 
 enum OrderedFrame {
-    Frame(DecodedFrame, tokio::sync::OwnedSemaphorePermit),
+    Frame(PreparedFrame, tokio::sync::OwnedSemaphorePermit),
     /// Stop without finalising the file.
     Abort,
 }
 
-/// Decodes captured frames in parallel and hands them to the encoder in order.
+/// Decodes and converts captured frames in parallel and hands them to the encoder in order.
 /// Returns the assets of every frame, in output order.
 async fn order_and_decode(
     mut captured: mpsc::Receiver<pool::CapturedFrame>,
     encoder: mpsc::Sender<OrderedFrame>,
+    preparer: Arc<FramePreparer>,
     total: u64,
     progress: &ProgressSender,
     encoded: &AtomicU64,
@@ -596,9 +606,10 @@ async fn order_and_decode(
                     let permit = f.permit;
                     let position = f.position;
                     let image = f.image;
+                    let preparer = preparer.clone();
                     decoding.spawn_blocking(move || {
                         let decoded = match image {
-                            Some(bytes) => encode::decode_frame(&bytes),
+                            Some(bytes) => preparer.prepare(&bytes),
                             None => Err(EncodeError::Decode("no image was captured".into())),
                         };
                         (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))

@@ -7,7 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cloudrun_render::options::{MediaOptions, SiteOptions};
+use cloudrun_render::render::{self, MediaOutcome, RenderError, Renderer};
+use cloudrun_render::site::Access;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -431,19 +435,7 @@ impl RgbFrames {
             v["width"].as_u64().unwrap() as usize,
             v["height"].as_u64().unwrap() as usize,
         );
-        let out = Command::new("ffmpeg")
-            .args(["-v", "error", "-i"])
-            .arg(path)
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
-            .output()
-            .expect("ffmpeg");
-        assert!(
-            out.status.success(),
-            "ffmpeg failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let size = width * height * 3;
-        let frames = out.stdout.chunks_exact(size).map(<[u8]>::to_vec).collect();
+        let frames = raw_frames(path, None, "rgb24", width * height * 3);
         RgbFrames {
             width,
             height,
@@ -456,6 +448,56 @@ impl RgbFrames {
         let f = &self.frames[frame];
         [f[i], f[i + 1], f[i + 2]]
     }
+}
+
+/// Decoded frames of a video as packed RGBA. vp8/vp9 keep alpha in side data that only the
+/// libvpx decoders read, so name one for them.
+pub fn rgba_frames(
+    path: &Path,
+    decoder: Option<&str>,
+    width: usize,
+    height: usize,
+) -> Vec<Vec<u8>> {
+    raw_frames(path, decoder, "rgba", width * height * 4)
+}
+
+/// Every frame of a video decoded by ffmpeg (with `decoder` if given) into `pix_fmt`.
+fn raw_frames(
+    path: &Path,
+    decoder: Option<&str>,
+    pix_fmt: &str,
+    frame_bytes: usize,
+) -> Vec<Vec<u8>> {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-v", "error"]);
+    if let Some(d) = decoder {
+        cmd.args(["-c:v", d]);
+    }
+    let out = cmd
+        .arg("-i")
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(frame_bytes)
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// The loop count of a GIF's NETSCAPE2.0 block: `None` when it has none (it plays once), 0
+/// for forever.
+pub fn gif_loop_count(path: &Path) -> Option<u16> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .windows(16)
+        .find(|w| &w[..11] == b"NETSCAPE2.0")
+        .map(|w| u16::from_le_bytes([w[13], w[14]]))
 }
 
 /// The frame number the fixtures' bar code shows (see fixtures/README.md): 10 bars across the
@@ -698,5 +740,78 @@ impl WebhookReceiver {
 
     pub fn calls(&self) -> Vec<WebhookCall> {
         self.calls.lock().unwrap().clone()
+    }
+}
+
+/// The warm renderer of this test binary, shared by its tests as in production.
+pub fn renderer() -> &'static Renderer {
+    static R: OnceLock<Renderer> = OnceLock::new();
+    R.get_or_init(|| {
+        runtime()
+            .block_on(Renderer::start(cloudrun_render::browser::PageGuard::new(
+                None,
+            )))
+            .expect("start the renderer")
+    })
+}
+
+pub fn site_url() -> String {
+    format!("{}/site/", fixture_server())
+}
+
+pub fn site() -> SiteOptions {
+    SiteOptions::new(site_url())
+}
+
+pub struct Rendered {
+    pub outcome: MediaOutcome,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered, RenderError> {
+    let dir = tempfile::tempdir().unwrap();
+    let extension = cloudrun_render::encode::file_extension(media.codec, None);
+    let path = dir.path().join(format!("out.{extension}"));
+    let (tx, _rx) = render::progress::channel();
+    let outcome = runtime().block_on(renderer().render_media(
+        site,
+        media,
+        Access::RemoteOnly,
+        &path,
+        &tx,
+        &CancellationToken::new(),
+    ));
+    if outcome.is_err() {
+        assert!(!path.exists(), "a failed render left its output behind");
+    }
+    Ok(Rendered {
+        outcome: outcome?,
+        path,
+        _dir: dir,
+    })
+}
+
+pub fn render(media: &MediaOptions) -> Rendered {
+    render_with(&site(), media).expect("render")
+}
+
+pub fn fail(site: &SiteOptions, media: &MediaOptions) -> RenderError {
+    match render_with(site, media) {
+        Ok(_) => panic!("the render of {} should have failed", media.composition_id),
+        Err(e) => e,
+    }
+}
+
+pub fn media(id: &str) -> MediaOptions {
+    MediaOptions::new(id)
+}
+
+/// Asserts output frame k shows composition frame `expected[k]`.
+pub fn assert_frames(path: &Path, expected: &[u64]) {
+    let frames = RgbFrames::decode(path);
+    assert_eq!(frames.frames.len(), expected.len(), "frame count");
+    for (k, want) in expected.iter().enumerate() {
+        assert_eq!(frames.frame_number(k), *want, "output frame {k}");
     }
 }
