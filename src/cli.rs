@@ -336,10 +336,15 @@ fn cancel_on_signal() -> CancellationToken {
     token
 }
 
-/// A temporary name beside `output`, renamed into place only when the file is complete.
+/// A temporary name beside `output`, renamed into place only when the file is complete. It
+/// keeps the extension, which picks the container.
 fn partial_path(output: &Path) -> PathBuf {
-    let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    output.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    let stem = output.file_stem().and_then(|n| n.to_str()).unwrap_or("out");
+    let pid = std::process::id();
+    match output.extension().and_then(|e| e.to_str()) {
+        Some(ext) => output.with_file_name(format!(".{stem}.partial-{pid}.{ext}")),
+        None => output.with_file_name(format!(".{stem}.partial-{pid}")),
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {

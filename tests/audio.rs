@@ -132,3 +132,200 @@ fn a_file_without_audio_gives_nothing() {
     std::fs::write(&not_audio, b"this is not a media file").unwrap();
     assert!(decode::decode(&not_audio, &extract(0.0, 1.0, 1.0, 1.0)).is_err());
 }
+
+// ---- Whole renders: the Audio fixture registers tone440 (0.5, frames 0–59) and tone880
+// (0.25 × volume 0.5, frames 30–59) as data: URL WAVs. ----
+
+use cloudrun_render::options::{AudioCodec, Codec, SiteOptions};
+use common::*;
+
+/// The audio of a file as interleaved stereo f32 at 48 kHz (ffmpeg CLI), or None.
+fn pcm_of(path: &Path) -> Option<Vec<f32>> {
+    let probe = ffprobe(path);
+    probe.streams.iter().find(|s| s["codec_type"] == "audio")?;
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-vn", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    Some(
+        out.stdout
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// The stereo samples between two times.
+fn window(pcm: &[f32], from: f64, to: f64) -> &[f32] {
+    let a = (from * 48_000.0) as usize * 2;
+    let b = ((to * 48_000.0) as usize * 2).min(pcm.len());
+    &pcm[a.min(b)..b]
+}
+
+fn rms(s: &[f32]) -> f64 {
+    (s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+}
+
+fn audio_site(props: &str) -> SiteOptions {
+    let mut s = site();
+    s.serialized_input_props = props.into();
+    s
+}
+
+fn audio_stream(path: &Path) -> Option<serde_json::Value> {
+    ffprobe(path)
+        .streams
+        .into_iter()
+        .find(|s| s["codec_type"] == "audio")
+}
+
+#[test]
+fn two_tracks_are_mixed_into_the_video() {
+    let r = render_with(&site(), &media("Audio")).unwrap();
+    let a = audio_stream(&r.path).expect("an audio stream");
+    assert_eq!(a["codec_name"], "aac");
+    assert_eq!(a["sample_rate"], "48000");
+    assert_eq!(a["channels"], 2);
+    let duration: f64 = ffprobe(&r.path).format["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((duration - 2.0).abs() < 0.1, "duration {duration}");
+    assert_frames(&r.path, &(0..60).collect::<Vec<_>>());
+
+    let pcm = pcm_of(&r.path).unwrap();
+    let first = window(&pcm, 0.1, 0.9);
+    let second = window(&pcm, 1.1, 1.9);
+    assert!(
+        (frequency(first, 48_000) - 440.0).abs() < 10.0,
+        "{}",
+        frequency(first, 48_000)
+    );
+    // tone440 alone: a sine of 0.5 has an RMS of 0.354; with tone880 at 0.125 added, 0.364.
+    assert!(
+        (rms(first) - 0.354).abs() < 0.03,
+        "first second {}",
+        rms(first)
+    );
+    assert!(
+        (rms(second) - 0.364).abs() < 0.03,
+        "second second {}",
+        rms(second)
+    );
+    assert!(
+        peak(second) > peak(first) + 0.05,
+        "the second tone adds up: {} vs {}",
+        peak(second),
+        peak(first)
+    );
+}
+
+#[test]
+fn muted_and_silent_renders_have_no_audio_unless_enforced() {
+    let mut m = media("Audio");
+    m.muted = true;
+    assert!(audio_stream(&render(&m).path).is_none(), "muted");
+    assert!(
+        audio_stream(&render(&media("Silent")).path).is_none(),
+        "no assets, no audio"
+    );
+    let mut m = media("Silent");
+    m.enforce_audio_track = true;
+    let r = render(&m);
+    assert!(audio_stream(&r.path).is_some(), "enforceAudioTrack");
+    assert!(peak(&pcm_of(&r.path).unwrap()) < 0.001, "and it is silent");
+}
+
+#[test]
+fn volume_curves_playback_rate_and_trims() {
+    let r = render_with(
+        &audio_site(r#"{"ramp": true, "only440": true}"#),
+        &media("Audio"),
+    )
+    .unwrap();
+    let pcm = pcm_of(&r.path).unwrap();
+    let (early, late) = (rms(window(&pcm, 0.05, 0.25)), rms(window(&pcm, 1.75, 1.95)));
+    assert!(
+        early < 0.1 && late > 0.3,
+        "the fade-in: {early} then {late}"
+    );
+
+    // Twice as fast: the 2 s source is used up after 1 s of video, then silence.
+    let r = render_with(
+        &audio_site(r#"{"playbackRate": 2, "only440": true}"#),
+        &media("Audio"),
+    )
+    .unwrap();
+    let pcm = pcm_of(&r.path).unwrap();
+    assert!(rms(window(&pcm, 0.2, 0.8)) > 0.3);
+    assert!(rms(window(&pcm, 1.2, 1.9)) < 0.01, "after the source ends");
+    assert!(
+        (frequency(window(&pcm, 0.2, 0.8), 48_000) - 440.0).abs() < 10.0,
+        "same pitch"
+    );
+
+    // trimBefore 30 frames: the source starts 1 s in, so it also ends 1 s into the video.
+    let r = render_with(
+        &audio_site(r#"{"trimBefore": 30, "only440": true}"#),
+        &media("Audio"),
+    )
+    .unwrap();
+    let pcm = pcm_of(&r.path).unwrap();
+    assert!(rms(window(&pcm, 0.2, 0.8)) > 0.3);
+    assert!(
+        rms(window(&pcm, 1.2, 1.9)) < 0.01,
+        "the trimmed source ends at 1 s"
+    );
+}
+
+#[test]
+fn audio_only_codecs_and_lossless() {
+    for (codec, name) in [
+        (Codec::Mp3, "mp3"),
+        (Codec::Aac, "aac"),
+        (Codec::Wav, "pcm_s16le"),
+    ] {
+        let mut m = media("Audio");
+        m.codec = codec;
+        let r = render(&m);
+        let probe = ffprobe(&r.path);
+        assert!(
+            probe.streams.iter().all(|s| s["codec_type"] == "audio"),
+            "{codec}: audio only"
+        );
+        assert_eq!(audio_stream(&r.path).unwrap()["codec_name"], name);
+        let pcm = pcm_of(&r.path).unwrap();
+        let seconds = pcm.len() as f64 / 2.0 / 48_000.0;
+        assert!((seconds - 2.0).abs() < 0.1, "{codec}: {seconds} s");
+        assert!((frequency(window(&pcm, 0.1, 0.9), 48_000) - 440.0).abs() < 10.0);
+    }
+    let mut m = media("Audio");
+    m.codec = Codec::Mp3;
+    m.muted = true;
+    assert!(
+        fail(&site(), &m)
+            .to_string()
+            .contains("neither audio nor video")
+    );
+
+    // preferLossless: pcm-16 in the video (the file name follows it: .mkv).
+    let mut m = media("Audio");
+    m.prefer_lossless = true;
+    let r = render(&m);
+    assert_eq!(audio_stream(&r.path).unwrap()["codec_name"], "pcm_s16le");
+    let mut m = media("Audio");
+    m.codec = Codec::Vp8;
+    m.audio_codec = Some(AudioCodec::Opus);
+    let r = render(&m);
+    assert_eq!(audio_stream(&r.path).unwrap()["codec_name"], "opus");
+    let mut m = media("Audio");
+    m.audio_codec = Some(AudioCodec::Opus);
+    assert!(
+        fail(&site(), &m).to_string().contains("audioCodec"),
+        "opus is not for h264"
+    );
+}

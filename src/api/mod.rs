@@ -344,10 +344,12 @@ async fn run_media(
                 "",
             )
         })?;
-    let codec = request.media.codec;
+    let media = &request.media;
     // The extension follows the codec and the audio codec actually used (the original named
     // the file after the raw setting, which broke preferLossless).
-    let extension = encode::file_extension(codec, request.media.audio_codec);
+    let audio = encode::resolve_audio_codec(media.codec, media.audio_codec, media.prefer_lossless)
+        .map_err(|e| render_error_body(&RenderError::Encode(e)))?;
+    let extension = encode::file_extension(media.codec, audio);
     let local: PathBuf = work.path().join(format!("out.{extension}"));
     state
         .renderer

@@ -202,6 +202,57 @@ pub fn file_extension(codec: Codec, audio: Option<AudioCodec>) -> &'static str {
     }
 }
 
+/// The extensions an output may have for a codec and its (resolved) audio codec, as the
+/// renderer's table says; the first is the default.
+pub fn allowed_extensions(codec: Codec, audio: Option<AudioCodec>) -> &'static [&'static str] {
+    use AudioCodec::*;
+    match (codec, audio) {
+        (Codec::H264, Some(Aac | Mp3)) => &["mp4", "mkv", "mov"],
+        (Codec::H264, Some(Pcm16)) => &["mkv", "mov"],
+        (Codec::H265, Some(Aac)) => &["mp4", "mkv", "hevc"],
+        (Codec::H265, Some(Pcm16)) => &["mkv"],
+        (Codec::Vp8 | Codec::Vp9, Some(Opus)) => &["webm"],
+        (Codec::Vp8 | Codec::Vp9, Some(Pcm16)) => &["mkv"],
+        (Codec::Prores, Some(_)) => &["mov", "mkv", "mxf"],
+        (Codec::Mp3, Some(Mp3)) => &["mp3"],
+        (Codec::Aac, Some(Aac)) => &["aac", "3gp", "m4a", "m4b", "mpg", "mpeg"],
+        (Codec::Mp3 | Codec::Aac | Codec::Wav, Some(Pcm16)) => &["wav"],
+        (Codec::H264Mkv, _) => &["mkv"],
+        (Codec::H264Ts, _) => &["ts"],
+        (Codec::Gif, _) => &["gif"],
+        _ => match traits(codec).extension {
+            "mp4" => &["mp4", "mkv", "mov"],
+            "webm" => &["webm", "mkv"],
+            "mov" => &["mov", "mkv", "mxf"],
+            "mp3" => &["mp3"],
+            "aac" => &["aac"],
+            _ => &["wav"],
+        },
+    }
+}
+
+/// Refuses an output name whose container cannot hold this codec and audio codec, with the
+/// renderer's message.
+pub fn validate_output_name(
+    name: &str,
+    codec: Codec,
+    audio: Option<AudioCodec>,
+) -> Result<(), super::EncodeError> {
+    let allowed = allowed_extensions(codec, audio);
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    if allowed.contains(&ext.as_str()) {
+        return Ok(());
+    }
+    let audio = audio.map(|a| a.as_str()).unwrap_or("no");
+    Err(super::EncodeError::InvalidOption(format!(
+        "When using the {codec} codec with the {audio} audio codec, the output filename must end in one of the following: {}. (\"{name}\")",
+        allowed.join(", ")
+    )))
+}
+
 /// The Content-Type of a file by its name, for uploads.
 pub fn content_type_for_name(name: &str) -> &'static str {
     let ext = name
@@ -287,5 +338,28 @@ mod tests {
         assert_eq!(muxer_for_extension("MKV"), Some("matroska"));
         assert_eq!(muxer_for_extension("aac"), Some("adts"));
         assert_eq!(muxer_for_extension("xyz"), None);
+    }
+
+    #[test]
+    fn output_names_must_fit_the_codecs() {
+        assert!(validate_output_name("a.mp4", Codec::H264, Some(AudioCodec::Aac)).is_ok());
+        assert!(validate_output_name("a.MOV", Codec::H264, Some(AudioCodec::Pcm16)).is_ok());
+        let e = validate_output_name("a.mp4", Codec::H264, Some(AudioCodec::Pcm16)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must end in one of the following: mkv, mov"),
+            "{e}"
+        );
+        assert!(validate_output_name("a.webm", Codec::Vp9, Some(AudioCodec::Opus)).is_ok());
+        assert!(validate_output_name("a.gif", Codec::Gif, None).is_ok());
+        assert!(validate_output_name("a.mp4", Codec::Gif, None).is_err());
+        for c in Codec::ALL {
+            let a = resolve_audio_codec(*c, None, false).unwrap();
+            let default = file_extension(*c, a);
+            assert!(
+                validate_output_name(&format!("out.{default}"), *c, a).is_ok(),
+                "{c}"
+            );
+        }
     }
 }

@@ -23,12 +23,14 @@ use ffmpeg_next as ff;
 
 pub use audio::{AudioSettings, Pcm, PcmSource, SampleFormat};
 pub use codec::{
-    CodecTraits, content_type_for_name, file_extension, muxer_for_extension, resolve_audio_codec,
-    traits,
+    CodecTraits, allowed_extensions, content_type_for_name, file_extension, muxer_for_extension,
+    resolve_audio_codec, traits, validate_output_name,
 };
 pub use frame::{FramePreparer, PreparedFrame};
 pub use mux::{remux_with_audio, write_audio_only};
-pub use settings::{FrameRate, VideoSettings, resolve_image_format, settings, validate};
+pub use settings::{
+    FrameRate, VideoSettings, metadata_tags, resolve_image_format, settings, validate,
+};
 pub use video::VideoEncoder;
 
 /// The version string written into the `comment` tag, like Remotion's "Made with Remotion".

@@ -62,6 +62,20 @@ impl FrameRate {
     }
 }
 
+/// Container tags like the renderer's: keys lowercased, a `comment` that credits us first.
+pub fn metadata_tags(user: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::from([("comment".to_string(), MADE_WITH.to_string())]);
+    for (k, v) in user {
+        let key = k.to_lowercase();
+        if key == "comment" {
+            metadata.insert(key, format!("{MADE_WITH}; {v}"));
+        } else {
+            metadata.insert(key, v.clone());
+        }
+    }
+    metadata
+}
+
 /// The resolved, validated video encoding settings of one render.
 #[derive(Debug, Clone)]
 pub struct VideoSettings {
@@ -339,15 +353,7 @@ pub fn settings(
         (Some(c), None) => Some(c),
         (None, None) => t.default_crf,
     };
-    let mut metadata = BTreeMap::from([("comment".to_string(), MADE_WITH.to_string())]);
-    for (k, v) in &media.metadata {
-        let key = k.to_lowercase();
-        if key == "comment" {
-            metadata.insert(key, format!("{MADE_WITH}; {v}"));
-        } else {
-            metadata.insert(key, v.clone());
-        }
-    }
+    let metadata = metadata_tags(&media.metadata);
     let pixel_format = media.pixel_format.unwrap_or(PixelFormat::Yuv420p);
     let prores_profile = media.prores_profile.unwrap_or(
         // Asking for a transparent ProRes without a profile means the profile that has alpha.

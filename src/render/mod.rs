@@ -11,7 +11,7 @@ pub mod progress;
 mod still;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,12 +20,12 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::{AudioError, Fetcher};
+use crate::audio::{self, AudioError, Fetcher};
 use crate::browser::{
     self, Browser, BrowserError, CaptureFormat, CompositionInfo, CompositionMode, LaunchOptions,
     PageGuard, PageSetup, PageViewport, contract, pool,
 };
-use crate::encode::{self, EncodeError, FramePreparer, PreparedFrame, VideoEncoder};
+use crate::encode::{self, AudioSettings, EncodeError, FramePreparer, PreparedFrame, VideoEncoder};
 use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions, VideoImageFormat};
 use crate::site::{Access, Site, SiteError};
@@ -334,7 +334,7 @@ impl Renderer {
             .concurrency
             .resolve(self.cpus)
             .map_err(RenderError::Invalid)?;
-        let (opened, _media) = self.open_site(site, access).await?;
+        let (opened, media_files) = self.open_site(site, access).await?;
         let lease = self.lease(site).await?;
         let browser = lease.browser.clone();
         let composition = cancellable(
@@ -366,14 +366,49 @@ impl Renderer {
             (css_height as f64 * media.scale).round() as u32,
         );
         let output_fps = composition.fps / media.every_nth_frame as f64;
-        if media.codec.is_audio_only() {
-            return Err(RenderError::Invalid(format!(
-                "Audio-only codecs (\"{}\") are not supported yet",
-                media.codec
-            )));
+        let audio_codec =
+            encode::resolve_audio_codec(media.codec, media.audio_codec, media.prefer_lossless)?;
+        if let Some(name) = output.file_name().and_then(|n| n.to_str())
+            && output.extension().is_some()
+        {
+            let audio = if media.muted { None } else { audio_codec };
+            encode::validate_output_name(name, media.codec, audio)?;
         }
-        let settings = encode::settings(media, image_format, width, height, output_fps)?;
-        let preparer = Arc::new(FramePreparer::new(&settings));
+        if media.codec.is_audio_only() && media.muted {
+            return Err(RenderError::Invalid(
+                "The output format has neither audio nor video. This can happen if you are rendering an audio codec and the output file has no audio or the muted flag was passed.".into(),
+            ));
+        }
+        let audio_settings = match audio_codec {
+            Some(a) if !media.muted => Some(AudioSettings::new(a, media.audio_bitrate.as_deref())?),
+            _ => None,
+        };
+        let settings = if media.codec.is_audio_only() {
+            None
+        } else {
+            Some(encode::settings(
+                media,
+                image_format,
+                width,
+                height,
+                output_fps,
+            )?)
+        };
+        // When audio may follow, the video goes to a file beside the output first and is
+        // remuxed with the mix once every frame's assets are known.
+        let video_path = match (&settings, &audio_settings) {
+            (Some(_), Some(_)) => Some(sibling(
+                output,
+                "video",
+                encode::traits(media.codec).extension,
+            )),
+            (Some(_), None) => Some(output.to_path_buf()),
+            (None, _) => None,
+        };
+        let _remove_intermediate = video_path
+            .as_ref()
+            .filter(|p| p.as_path() != output)
+            .map(|p| RemoveOnDrop(p.clone()));
         let format = match image_format {
             VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
                 quality: media.jpeg_quality,
@@ -430,19 +465,17 @@ impl Renderer {
         ));
 
         let encoded = Arc::new(AtomicU64::new(0));
-        let (encoder_tx, encoder_thread) =
-            spawn_encoder(output.to_path_buf(), settings, encoded.clone())?;
+        let (encoder, encoder_thread) = match (settings, &video_path) {
+            (Some(settings), Some(path)) => {
+                let preparer = Arc::new(FramePreparer::new(&settings));
+                let (tx, thread) = spawn_encoder(path.clone(), settings, encoded.clone())?;
+                (Some((tx, preparer)), Some(thread))
+            }
+            _ => (None, None),
+        };
 
-        let ordered = order_and_decode(
-            captured_rx,
-            encoder_tx,
-            preparer,
-            total,
-            progress,
-            &encoded,
-            &stop,
-        )
-        .await;
+        let ordered =
+            order_and_decode(captured_rx, encoder, total, progress, &encoded, &stop).await;
         if ordered.is_err() {
             stop.cancel();
         }
@@ -453,16 +486,80 @@ impl Renderer {
             })
         });
         // Errors, in order of what explains the failure best.
-        let encoder_result = tokio::task::spawn_blocking(move || encoder_thread.join())
-            .await
-            .map_err(|e| RenderError::Invalid(format!("the encoder thread failed: {e}")))?
-            .map_err(|_| RenderError::Invalid("the encoder thread panicked".into()))?;
+        let encoder_result = match encoder_thread {
+            Some(thread) => Some(
+                tokio::task::spawn_blocking(move || thread.join())
+                    .await
+                    .map_err(|e| RenderError::Invalid(format!("the encoder thread failed: {e}")))?
+                    .map_err(|_| RenderError::Invalid("the encoder thread panicked".into()))?,
+            ),
+            None => None,
+        };
         if cancel.is_cancelled() {
             return Err(RenderError::Cancelled);
         }
         captured?;
         let assets = ordered?;
-        let frames_written = encoder_result?;
+        let frames_written = encoder_result.transpose()?.unwrap_or(total);
+
+        if let Some(audio_settings) = audio_settings {
+            let timeline = audio::Timeline {
+                frames: total as usize,
+                output_fps,
+                composition_fps: composition.fps,
+                every_nth_frame: media.every_nth_frame as u64,
+                sample_rate: composition
+                    .info
+                    .default_sample_rate
+                    .unwrap_or(audio::DEFAULT_SAMPLE_RATE),
+            };
+            let parsed = audio::parse_frames(&assets);
+            let wanted = media.enforce_audio_track
+                || media.codec.is_audio_only()
+                || audio::has_audio(&parsed);
+            if wanted {
+                let mix = cancellable(cancel, async {
+                    Ok(audio::mix(&parsed, timeline, media_files.clone()).await?)
+                })
+                .await?;
+                let video = video_path.clone();
+                let container = container_for(output, media.codec);
+                let output = output.to_path_buf();
+                let metadata = encode::metadata_tags(&media.metadata);
+                let duration = total as f64 / output_fps;
+                tokio::task::spawn_blocking(move || {
+                    let mut samples = mix.samples;
+                    for s in &mut samples {
+                        // A plain sum can exceed full scale; clip, never wrap around.
+                        *s = s.clamp(-1.0, 1.0);
+                    }
+                    let mut pcm = encode::Pcm::f32(&samples, mix.sample_rate);
+                    match video {
+                        Some(video) => encode::remux_with_audio(
+                            &video,
+                            &mut pcm,
+                            &audio_settings,
+                            &output,
+                            container,
+                            &metadata,
+                        ),
+                        None => encode::write_audio_only(
+                            &mut pcm,
+                            &audio_settings,
+                            Some(duration),
+                            &output,
+                            container,
+                        ),
+                    }
+                })
+                .await
+                .map_err(|e| RenderError::Invalid(format!("the audio task failed: {e}")))??;
+            } else if let Some(video) = &video_path
+                && video.as_path() != output
+            {
+                std::fs::rename(video, output).map_err(io("moving the video into place"))?;
+            }
+        }
         progress.send_modify(|p| {
             p.rendered = total;
             p.encoded = total;
@@ -476,6 +573,30 @@ impl Renderer {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// A hidden file beside `output` (same filesystem, so a rename is enough).
+fn sibling(output: &Path, what: &str, extension: &str) -> PathBuf {
+    let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    output.with_file_name(format!(".{name}.{what}.{extension}"))
+}
+
+/// Removes an intermediate file on every path out of a render.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The muxer for the output: from its extension, else the codec's own.
+fn container_for(output: &Path, codec: crate::options::Codec) -> &'static str {
+    output
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(encode::muxer_for_extension)
+        .unwrap_or(encode::traits(codec).muxer)
 }
 
 /// H.264/H.265 need even sizes: like the renderer, shrink each side until `round(side ×
@@ -572,12 +693,12 @@ enum OrderedFrame {
     Abort,
 }
 
-/// Decodes and converts captured frames in parallel and hands them to the encoder in order.
+/// Decodes and converts captured frames in parallel and hands them to the encoder in order
+/// (audio-only renders have no encoder: their frames only carry assets).
 /// Returns the assets of every frame, in output order.
 async fn order_and_decode(
     mut captured: mpsc::Receiver<pool::CapturedFrame>,
-    encoder: mpsc::Sender<OrderedFrame>,
-    preparer: Arc<FramePreparer>,
+    encoder: Option<(mpsc::Sender<OrderedFrame>, Arc<FramePreparer>)>,
     total: u64,
     progress: &ProgressSender,
     encoded: &AtomicU64,
@@ -589,8 +710,10 @@ async fn order_and_decode(
     let mut next = 0usize;
     let mut rendered = 0u64;
     let mut capture_open = true;
-    let abort = async |encoder: &mpsc::Sender<OrderedFrame>| {
-        let _ = encoder.send(OrderedFrame::Abort).await;
+    let abort = async |encoder: &Option<(mpsc::Sender<OrderedFrame>, Arc<FramePreparer>)>| {
+        if let Some((tx, _)) = encoder {
+            let _ = tx.send(OrderedFrame::Abort).await;
+        }
     };
     while (next as u64) < total {
         if !capture_open && decoding.is_empty() {
@@ -603,17 +726,26 @@ async fn order_and_decode(
                 Some(f) => {
                     rendered += 1;
                     assets.push((f.position, f.frame, f.assets));
-                    let permit = f.permit;
-                    let position = f.position;
-                    let image = f.image;
-                    let preparer = preparer.clone();
-                    decoding.spawn_blocking(move || {
-                        let decoded = match image {
-                            Some(bytes) => preparer.prepare(&bytes),
-                            None => Err(EncodeError::Decode("no image was captured".into())),
-                        };
-                        (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))
-                    });
+                    match &encoder {
+                        Some((_, preparer)) => {
+                            let permit = f.permit;
+                            let position = f.position;
+                            let image = f.image;
+                            let preparer = preparer.clone();
+                            decoding.spawn_blocking(move || {
+                                let decoded = match image {
+                                    Some(bytes) => preparer.prepare(&bytes),
+                                    None => Err(EncodeError::Decode("no image was captured".into())),
+                                };
+                                (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))
+                            });
+                        }
+                        // Audio-only: the frame was only visited for its assets.
+                        None => {
+                            next += 1;
+                            encoded.store(rendered, Ordering::Relaxed);
+                        }
+                    }
                 }
                 None => capture_open = false,
             },
@@ -623,8 +755,9 @@ async fn order_and_decode(
                     Ok(frame) => { ready.insert(position, frame); }
                     Err(e) => { abort(&encoder).await; return Err(e.into()); }
                 }
+                let (tx, _) = encoder.as_ref().expect("decoding implies an encoder");
                 while let Some(frame) = ready.remove(&next) {
-                    if encoder.send(frame).await.is_err() {
+                    if tx.send(frame).await.is_err() {
                         // The encoder thread stopped; its own error explains why.
                         return Err(RenderError::Invalid("the encoder stopped early".into()));
                     }

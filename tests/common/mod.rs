@@ -771,7 +771,13 @@ pub struct Rendered {
 
 pub fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered, RenderError> {
     let dir = tempfile::tempdir().unwrap();
-    let extension = cloudrun_render::encode::file_extension(media.codec, None);
+    let audio = cloudrun_render::encode::resolve_audio_codec(
+        media.codec,
+        media.audio_codec,
+        media.prefer_lossless,
+    )
+    .unwrap_or(None);
+    let extension = cloudrun_render::encode::file_extension(media.codec, audio);
     let path = dir.path().join(format!("out.{extension}"));
     let (tx, _rx) = render::progress::channel();
     let outcome = runtime().block_on(renderer().render_media(
