@@ -44,6 +44,8 @@ pub enum Command {
     Still(StillArgs),
     /// List the compositions of a site.
     Compositions(CompositionsArgs),
+    /// Measure capture, encode and render speed, memory and still latency; writes BENCHMARKS.md.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Render(args) => render(args).await,
         Command::Still(args) => still(args).await,
         Command::Compositions(args) => compositions(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }
 

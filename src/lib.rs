@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audio;
+pub mod bench;
 pub mod browser;
 pub mod cli;
 pub mod encode;

@@ -92,7 +92,7 @@ impl LaunchOptions {
     /// The Cloud Run service's defaults: SwiftShader through ANGLE, so WebGL works without a GPU.
     pub fn service_default() -> Self {
         LaunchOptions {
-            gl: Some(GlRenderer::Swangle),
+            gl: default_gl(),
             ignore_certificate_errors: false,
             disable_web_security: false,
             user_agent: None,
@@ -101,7 +101,7 @@ impl LaunchOptions {
 
     pub fn for_render(chromium: &ChromiumOptions) -> Self {
         LaunchOptions {
-            gl: chromium.gl.or(Some(GlRenderer::Swangle)),
+            gl: chromium.gl.or(default_gl()),
             ignore_certificate_errors: chromium.ignore_certificate_errors,
             disable_web_security: chromium.disable_web_security,
             // The user agent is applied per tab, so it does not need a browser of its own.
@@ -110,13 +110,37 @@ impl LaunchOptions {
     }
 }
 
+/// The GL backend when a render does not ask for one: `$CLOUDRUN_RENDER_GL` (`none` for no GL
+/// flag, or a `chromiumOptions.gl` value), else SwiftShader through ANGLE like the original.
+pub const GL_ENV: &str = "CLOUDRUN_RENDER_GL";
+
+/// Extra Chromium flags, space-separated, appended to ours.
+pub const EXTRA_FLAGS_ENV: &str = "CLOUDRUN_RENDER_CHROMIUM_FLAGS";
+
+fn default_gl() -> Option<GlRenderer> {
+    match std::env::var(GL_ENV).ok().as_deref() {
+        Some("none") => None,
+        Some(v) => match v.parse() {
+            Ok(gl) => Some(gl),
+            Err(e) => {
+                tracing::warn!("{GL_ENV}: {e}; using swangle");
+                Some(GlRenderer::Swangle)
+            }
+        },
+        None => Some(GlRenderer::Swangle),
+    }
+}
+
 fn gl_flags(gl: Option<GlRenderer>) -> Vec<String> {
     let flags: &[&str] = match gl {
         None => &[],
+        // WebGL through SwiftShader, but pages composited by Skia's software compositor:
+        // compositing through SwiftShader made a 1080p capture ~5x slower (BENCHMARKS.md).
         Some(GlRenderer::Swangle) => &[
             "--use-gl=angle",
             "--use-angle=swiftshader",
             "--enable-unsafe-swiftshader",
+            "--disable-gpu-compositing",
         ],
         Some(GlRenderer::Angle) => &["--use-gl=angle"],
         Some(GlRenderer::AngleEgl) => &["--use-gl=angle", "--use-angle=gl-egl"],
@@ -129,7 +153,7 @@ fn gl_flags(gl: Option<GlRenderer>) -> Vec<String> {
             "--enable-gpu",
         ],
         Some(GlRenderer::Egl) => &["--use-gl=egl"],
-        Some(GlRenderer::Swiftshader) => &["--use-gl=swiftshader"],
+        Some(GlRenderer::Swiftshader) => &["--use-gl=swiftshader", "--disable-gpu-compositing"],
     };
     flags.iter().map(|s| s.to_string()).collect()
 }
@@ -229,6 +253,10 @@ pub fn flags(kind: BrowserKind, options: &LaunchOptions, user_data_dir: &Path) -
     }
     if let Some(ua) = &options.user_agent {
         f.push(format!("--user-agent={ua}"));
+    }
+    // Operators can tune Chromium (raster threads, GL backends) without a rebuild.
+    if let Ok(extra) = std::env::var(EXTRA_FLAGS_ENV) {
+        f.extend(extra.split_whitespace().map(str::to_string));
     }
     f.push(crate::guard::PageGuard::resolver_rules());
     f.push("--remote-debugging-port=0".into());
@@ -412,6 +440,7 @@ mod tests {
             "--no-zygote",
             "--use-gl=angle",
             "--use-angle=swiftshader",
+            "--disable-gpu-compositing",
             "--disable-background-timer-throttling",
             "--disable-renderer-backgrounding",
             "--remote-debugging-port=0",
@@ -437,5 +466,6 @@ mod tests {
             assert!(f.iter().any(|a| a == want), "missing {want}");
         }
         assert!(!f.iter().any(|a| a == "--use-angle=swiftshader"));
+        assert!(!f.iter().any(|a| a == "--disable-gpu-compositing"), "a real GPU composites");
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -320,27 +321,24 @@ impl Renderer {
         result
     }
 
-    async fn render_media_inner(
+    /// Everything a media render decides before the first frame.
+    async fn plan(
         &self,
         site: &SiteOptions,
         media: &MediaOptions,
         access: Access,
-        output: &Path,
-        progress: &ProgressSender,
         cancel: &CancellationToken,
-    ) -> Result<MediaOutcome, RenderError> {
-        let started = Instant::now();
+    ) -> Result<Plan, RenderError> {
         let tabs_wanted = media
             .concurrency
             .resolve(self.cpus)
             .map_err(RenderError::Invalid)?;
         let (opened, media_files) = self.open_site(site, access).await?;
         let lease = self.lease(site).await?;
-        let browser = lease.browser.clone();
         let composition = cancellable(
             cancel,
             Self::select(
-                &browser,
+                &lease.browser,
                 site,
                 &opened,
                 &media.composition_id,
@@ -361,11 +359,77 @@ impl Renderer {
         )
         .map_err(RenderError::Invalid)?;
         let (css_width, css_height) = even_dimensions(media, composition.width, composition.height);
-        let (width, height) = (
-            (css_width as f64 * media.scale).round() as u32,
-            (css_height as f64 * media.scale).round() as u32,
-        );
-        let output_fps = composition.fps / media.every_nth_frame as f64;
+        let format = match image_format {
+            VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
+                quality: media.jpeg_quality,
+            }),
+            VideoImageFormat::Png => Some(CaptureFormat::Png),
+            VideoImageFormat::None => None,
+        };
+        let mut setup = Self::page_setup(site, &opened);
+        setup.audio_enabled = !media.muted;
+        setup.video_enabled = format.is_some();
+        setup.sample_rate = composition.info.default_sample_rate.unwrap_or(48_000);
+        setup.viewport = Some(PageViewport {
+            width: css_width,
+            height: css_height,
+            scale: media.scale,
+        });
+        let tabs = tabs_wanted.min(frames.len()).max(1);
+        Ok(Plan {
+            width: (css_width as f64 * media.scale).round() as u32,
+            height: (css_height as f64 * media.scale).round() as u32,
+            output_fps: composition.fps / media.every_nth_frame as f64,
+            image_format,
+            job: pool::CaptureJob {
+                setup,
+                mode: composition.mode(css_width, css_height),
+                frames,
+                tabs,
+                format,
+            },
+            composition,
+            media_files,
+            lease,
+            _site: opened,
+        })
+    }
+
+    /// Captures every frame of a render and returns the images in output order, without
+    /// encoding them: the capture half of a render, for benchmarks.
+    pub async fn capture_only(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        access: Access,
+    ) -> Result<(ResolvedComposition, Vec<Bytes>), RenderError> {
+        let cancel = CancellationToken::new();
+        let plan = self.plan(site, media, access, &cancel).await?;
+        let total = plan.job.frames.len();
+        let (capture, mut captured, _stop) = plan.start_capture(&cancel);
+        let mut images = vec![Bytes::new(); total];
+        while let Some(frame) = captured.recv().await {
+            images[frame.position] = frame.image.unwrap_or_default();
+        }
+        capture
+            .await
+            .map_err(|e| RenderError::Invalid(format!("the capture task failed: {e}")))??;
+        Ok((plan.composition, images))
+    }
+
+    async fn render_media_inner(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        access: Access,
+        output: &Path,
+        progress: &ProgressSender,
+        cancel: &CancellationToken,
+    ) -> Result<MediaOutcome, RenderError> {
+        let started = Instant::now();
+        let plan = self.plan(site, media, access, cancel).await?;
+        let (width, height, output_fps, image_format) =
+            (plan.width, plan.height, plan.output_fps, plan.image_format);
         let audio_codec =
             encode::resolve_audio_codec(media.codec, media.audio_codec, media.prefer_lossless)?;
         if let Some(name) = output.file_name().and_then(|n| n.to_str())
@@ -409,60 +473,23 @@ impl Renderer {
             .as_ref()
             .filter(|p| p.as_path() != output)
             .map(|p| RemoveOnDrop(p.clone()));
-        let format = match image_format {
-            VideoImageFormat::Jpeg => Some(CaptureFormat::Jpeg {
-                quality: media.jpeg_quality,
-            }),
-            VideoImageFormat::Png => Some(CaptureFormat::Png),
-            VideoImageFormat::None => None,
-        };
-        let total = frames.len() as u64;
-        let tabs = tabs_wanted.min(frames.len()).max(1);
+        let total = plan.job.frames.len() as u64;
         progress.send_replace(RenderProgress {
             rendered: 0,
             encoded: 0,
             total,
         });
         tracing::info!(
-            composition = %composition.info.id,
+            composition = %plan.composition.info.id,
             frames = total,
-            tabs,
+            tabs = plan.job.tabs,
             width,
             height,
             fps = output_fps,
             codec = %media.codec,
             "rendering"
         );
-
-        let mut setup = Self::page_setup(site, &opened);
-        setup.audio_enabled = !media.muted;
-        setup.video_enabled = format.is_some();
-        setup.sample_rate = composition.info.default_sample_rate.unwrap_or(48_000);
-        setup.viewport = Some(PageViewport {
-            width: css_width,
-            height: css_height,
-            scale: media.scale,
-        });
-        let job = pool::CaptureJob {
-            setup,
-            mode: composition.mode(css_width, css_height),
-            frames,
-            tabs,
-            format,
-        };
-
-        // Frames in flight (captured, decoding, waiting for their turn, queued to the encoder).
-        let in_flight = (tabs * 2).max(tabs + 4);
-        let admission = Arc::new(Semaphore::new(in_flight));
-        let (captured_tx, captured_rx) = mpsc::channel(in_flight);
-        let stop = cancel.child_token();
-        let capture = tokio::spawn(pool::capture(
-            browser.clone(),
-            job,
-            admission,
-            captured_tx,
-            stop.clone(),
-        ));
+        let (capture, captured_rx, stop) = plan.start_capture(cancel);
 
         let encoded = Arc::new(AtomicU64::new(0));
         let (encoder, encoder_thread) = match (settings, &video_path) {
@@ -506,9 +533,10 @@ impl Renderer {
             let timeline = audio::Timeline {
                 frames: total as usize,
                 output_fps,
-                composition_fps: composition.fps,
+                composition_fps: plan.composition.fps,
                 every_nth_frame: media.every_nth_frame as u64,
-                sample_rate: composition
+                sample_rate: plan
+                    .composition
                     .info
                     .default_sample_rate
                     .unwrap_or(audio::DEFAULT_SAMPLE_RATE),
@@ -519,7 +547,7 @@ impl Renderer {
                 || audio::has_audio(&parsed);
             if wanted {
                 let mix = cancellable(cancel, async {
-                    Ok(audio::mix(&parsed, timeline, media_files.clone()).await?)
+                    Ok(audio::mix(&parsed, timeline, plan.media_files.clone()).await?)
                 })
                 .await?;
                 let video = video_path.clone();
@@ -565,13 +593,53 @@ impl Renderer {
             p.encoded = total;
         });
         Ok(MediaOutcome {
-            composition,
+            composition: plan.composition,
             frames: frames_written,
             width,
             height,
             assets,
             elapsed: started.elapsed(),
         })
+    }
+}
+
+/// A media render's decisions, and what must live as long as it runs.
+struct Plan {
+    composition: ResolvedComposition,
+    image_format: VideoImageFormat,
+    width: u32,
+    height: u32,
+    output_fps: f64,
+    job: pool::CaptureJob,
+    /// This render's downloaded media (audio sources, OffthreadVideo).
+    media_files: Arc<Fetcher>,
+    lease: BrowserLease,
+    /// The loopback server the page loads from and calls `/proxy` on.
+    _site: Site,
+}
+
+type CaptureTask = tokio::task::JoinHandle<Result<(), BrowserError>>;
+
+impl Plan {
+    /// Starts the tab pool. Frames in flight (captured, decoding, waiting for their turn,
+    /// queued to the encoder) are bounded by the admission permits.
+    fn start_capture(
+        &self,
+        cancel: &CancellationToken,
+    ) -> (CaptureTask, mpsc::Receiver<pool::CapturedFrame>, CancellationToken) {
+        let tabs = self.job.tabs;
+        let in_flight = (tabs * 2).max(tabs + 4);
+        let admission = Arc::new(Semaphore::new(in_flight));
+        let (tx, rx) = mpsc::channel(in_flight);
+        let stop = cancel.child_token();
+        let task = tokio::spawn(pool::capture(
+            self.lease.browser.clone(),
+            self.job.clone(),
+            admission,
+            tx,
+            stop.clone(),
+        ));
+        (task, rx, stop)
     }
 }
 

@@ -1,0 +1,349 @@
+//! `cloudrun-render bench`: where the time of a render goes, measured in one run.
+//!
+//! C (capture only), E (encode only), their bound B = 1/(1/C + 1/E), the real render R, a
+//! sequential baseline S, peak memory of us plus Chromium, and warm still latency. Never part
+//! of the test suite: it prints numbers, it asserts nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use crate::browser::PageGuard;
+use crate::encode::{self, FramePreparer, VideoEncoder};
+use crate::options::{
+    Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
+    VideoImageFormat, X264Preset,
+};
+use crate::render::{self, Renderer};
+use crate::site::Access;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The bundle (or serve URL) holding the benchmark composition.
+    #[arg(long, default_value = "fixtures/site")]
+    pub site: String,
+    #[arg(long, default_value = "Bench")]
+    pub composition: String,
+    /// Frames to render (default: the whole composition).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Where to write the results table.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub out: PathBuf,
+}
+
+/// Peak RSS and PSS of our process tree (us, Chromium and its children), sampled every 100 ms.
+struct MemorySampler {
+    stop: Arc<AtomicBool>,
+    peak_rss: Arc<AtomicU64>,
+    peak_pss: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MemorySampler {
+    fn start() -> MemorySampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak_rss = Arc::new(AtomicU64::new(0));
+        let peak_pss = Arc::new(AtomicU64::new(0));
+        let (s, r, p) = (stop.clone(), peak_rss.clone(), peak_pss.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let (rss, pss) = tree_memory(std::process::id());
+                r.fetch_max(rss, Ordering::Relaxed);
+                p.fetch_max(pss, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        MemorySampler {
+            stop,
+            peak_rss,
+            peak_pss,
+            thread: Some(thread),
+        }
+    }
+
+    /// Peak (RSS, PSS) in bytes.
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.peak_rss.load(Ordering::Relaxed),
+            self.peak_pss.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Sum of RSS and PSS over `root` and all its descendants.
+fn tree_memory(root: u32) -> (u64, u64) {
+    let mut parents: BTreeMap<u32, u32> = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(ppid) = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse().ok())
+        {
+            parents.insert(pid, ppid);
+        }
+    }
+    let in_tree = |mut pid: u32| {
+        while pid > 1 {
+            if pid == root {
+                return true;
+            }
+            pid = parents.get(&pid).copied().unwrap_or(0);
+        }
+        false
+    };
+    let (mut rss, mut pss) = (0, 0);
+    for pid in parents.keys().copied().filter(|p| in_tree(*p)) {
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            for line in rollup.lines() {
+                let kb = |l: &str| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        * 1024
+                };
+                if line.starts_with("Rss:") {
+                    rss += kb(line);
+                } else if line.starts_with("Pss:") {
+                    pss += kb(line);
+                }
+            }
+        }
+    }
+    (rss, pss)
+}
+
+/// Decodes and converts `images` on every CPU and encodes them in order, like a render's
+/// encode side without the capture. Returns the seconds it took.
+fn encode_all(
+    images: &[Bytes],
+    settings: &encode::VideoSettings,
+    output: &Path,
+    workers: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let preparer = FramePreparer::new(settings);
+    let mut encoder = VideoEncoder::create(output, settings)?;
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::sync_channel(workers * 2);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, preparer) = (&next, &preparer);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(image) = images.get(i) else { break };
+                    if tx.send((i, preparer.prepare(image))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = BTreeMap::new();
+        let mut want = 0;
+        for (i, frame) in rx {
+            pending.insert(i, frame?);
+            while let Some(frame) = pending.remove(&want) {
+                encoder.push(frame)?;
+                want += 1;
+            }
+        }
+        Ok(())
+    })?;
+    encoder.finish()?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let browser = crate::browser::Executable::find()
+        .map(|e| command_line(&e.path.to_string_lossy(), &["--version"]))
+        .unwrap_or_else(|_| "none".into());
+    let avcodec = ffmpeg_next::codec::version();
+    vec![
+        ("CPU".into(), format!("{cpu}, {} CPUs available", crate::system::cpu_count())),
+        ("Memory".into(), memory),
+        ("OS".into(), command_line("uname", &["-sr"])),
+        ("Browser".into(), browser),
+        (
+            "libavcodec".into(),
+            format!("{}.{}.{}", avcodec >> 16, (avcodec >> 8) & 0xff, avcodec & 0xff),
+        ),
+        ("rustc".into(), command_line("rustc", &["--version"])),
+        (
+            "cloudrun-render".into(),
+            format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["rev-parse", "--short", "HEAD"])),
+        ),
+    ]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let renderer = Renderer::start(PageGuard::new(None)).await?;
+    let result = measure(&renderer, &args).await;
+    renderer.shutdown().await;
+    let report = result?;
+    println!("{report}");
+    std::fs::write(&args.out, &report)?;
+    eprintln!("wrote {}", args.out.display());
+    Ok(())
+}
+
+async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String> {
+    let site = SiteOptions::new(args.site.clone());
+    let mut media = MediaOptions::new(args.composition.clone());
+    media.crf = Some(18.0);
+    media.x264_preset = Some(X264Preset::Medium);
+    if let Some(n) = args.frames {
+        media.frame_range = FrameRange::Ranges(vec![(0, Some(n.saturating_sub(1)))]);
+    }
+    let access = Access::RemoteOrLocal;
+    let work = tempfile::tempdir()?;
+    let cpus = crate::system::cpu_count();
+    let tabs = Concurrency::Default.resolve(cpus).map_err(anyhow::Error::msg)?;
+
+    eprintln!("C: capturing with {tabs} tab(s)…");
+    let started = Instant::now();
+    let (composition, images) = renderer.capture_only(&site, &media, access).await?;
+    let c_seconds = started.elapsed().as_secs_f64();
+    let n = images.len() as f64;
+    let (w, h) = (composition.width, composition.height);
+    let jpeg_kb = images.iter().map(Bytes::len).sum::<usize>() as f64 / n / 1024.0;
+
+    eprintln!("E: encoding the captured frames…");
+    let settings = encode::settings(&media, VideoImageFormat::Jpeg, w, h, composition.fps)?;
+    let e_path = work.path().join("encode-only.mp4");
+    let (images_e, settings_e, path_e) = (images.clone(), settings.clone(), e_path.clone());
+    let e_seconds = tokio::task::spawn_blocking(move || encode_all(&images_e, &settings_e, &path_e, cpus))
+        .await??;
+
+    eprintln!("R: a real render…");
+    let sampler = MemorySampler::start();
+    let r_path = work.path().join("render.mp4");
+    let (tx, _rx) = render::progress::channel();
+    let started = Instant::now();
+    renderer
+        .render_media(&site, &media, access, &r_path, &tx, &CancellationToken::new())
+        .await?;
+    let r_seconds = started.elapsed().as_secs_f64();
+    let (peak_rss, peak_pss) = sampler.finish();
+    let r_size = std::fs::metadata(&r_path)?.len();
+
+    eprintln!("S: the sequential baseline (one tab, then encode)…");
+    let mut one_tab = media.clone();
+    one_tab.concurrency = Concurrency::Count(1.0);
+    let started = Instant::now();
+    let (_, seq_images) = renderer.capture_only(&site, &one_tab, access).await?;
+    let s_capture = started.elapsed().as_secs_f64();
+    let s_path = work.path().join("sequential.mp4");
+    let s_encode =
+        tokio::task::spawn_blocking(move || encode_all(&seq_images, &settings, &s_path, 1)).await??;
+    let s_seconds = s_capture + s_encode;
+
+    eprintln!("Stills: warm latency…");
+    let mut stills = Vec::new();
+    for format in [StillImageFormat::Jpeg, StillImageFormat::Png] {
+        let mut still = StillOptions::new(args.composition.clone());
+        still.image_format = format;
+        let cancel = CancellationToken::new();
+        let time = async |frame: i64| -> anyhow::Result<f64> {
+            let mut s = still.clone();
+            s.frame = frame;
+            let started = Instant::now();
+            renderer.render_still(&site, &s, access, &cancel).await?;
+            Ok(started.elapsed().as_secs_f64() * 1000.0)
+        };
+        let first = time(0).await?;
+        let mut warm = Vec::new();
+        for frame in [10, 60, 110, 160, 210] {
+            warm.push(time(frame).await?);
+        }
+        stills.push((format, first, median(warm)));
+    }
+
+    let c = n / c_seconds;
+    let e = n / e_seconds;
+    let b = 1.0 / (1.0 / c + 1.0 / e);
+    let r = n / r_seconds;
+    let s = n / s_seconds;
+    let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
+    let mut out = String::new();
+    out.push_str("# Benchmarks\n\n");
+    out.push_str(&format!(
+        "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, default concurrency ({tabs} tab(s) on {cpus} CPUs). One run; expect about ±10–20 % between runs on a shared machine.\n\n",
+        args.composition, args.site, images.len(), composition.fps, media.jpeg_quality
+    ));
+    out.push_str("| measure | value |\n|---|---|\n");
+    let rows = [
+        ("C: capture only", format!("{c:.2} fps ({c_seconds:.1} s; {jpeg_kb:.0} KiB per JPEG)")),
+        ("E: encode only (decode + convert + x264)", format!("{e:.2} fps ({e_seconds:.1} s)")),
+        ("B = 1 / (1/C + 1/E)", format!("{b:.2} fps")),
+        ("R: real render (CLI path)", format!("{r:.2} fps ({r_seconds:.1} s, {:.1} MiB)", mib(r_size))),
+        ("R / B", format!("{:.2}", r / b)),
+        ("S: sequential (1 tab, then encode)", format!("{s:.2} fps ({s_capture:.1} s + {s_encode:.1} s)")),
+        ("R / S", format!("{:.2}", r / s)),
+        ("peak RSS, us + Chromium, during R", format!("{:.0} MiB", mib(peak_rss))),
+        ("peak PSS, us + Chromium, during R", format!("{:.0} MiB", mib(peak_pss))),
+    ];
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    for (format, first, warm) in &stills {
+        out.push_str(&format!(
+            "| still {format} {w}x{h}: first / warm (median of 5) | {first:.0} ms / {warm:.0} ms |\n"
+        ));
+    }
+    out.push_str("\n## Machine\n\n| | |\n|---|---|\n");
+    for (k, v) in machine() {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    Ok(out)
+}
