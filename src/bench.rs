@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Frames to render (default: the whole composition).
     #[arg(long)]
     pub frames: Option<u64>,
+    /// Tabs for C and R (default: the renderer's default concurrency).
+    #[arg(long)]
+    pub concurrency: Option<Concurrency>,
     /// Where to write the results table.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
@@ -80,8 +83,8 @@ impl MemorySampler {
     }
 }
 
-/// Sum of RSS and PSS over `root` and all its descendants.
-fn tree_memory(root: u32) -> (u64, u64) {
+/// The pids of `root` and all its descendants.
+fn tree(root: u32) -> Vec<u32> {
     let mut parents: BTreeMap<u32, u32> = BTreeMap::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
@@ -106,8 +109,35 @@ fn tree_memory(root: u32) -> (u64, u64) {
         }
         false
     };
+    parents.keys().copied().filter(|p| in_tree(*p)).collect()
+}
+
+/// CPU seconds used by our process tree, including children that already exited and were
+/// reaped (closed tabs' renderer processes count through the browser's cutime).
+fn tree_cpu_seconds() -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    tree(std::process::id())
+        .into_iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .map(|stat| {
+            let fields: Vec<u64> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .skip(11)
+                .take(4)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            fields.iter().sum::<u64>() as f64 / ticks
+        })
+        .sum()
+}
+
+/// Sum of RSS and PSS over `root` and all its descendants.
+fn tree_memory(root: u32) -> (u64, u64) {
     let (mut rss, mut pss) = (0, 0);
-    for pid in parents.keys().copied().filter(|p| in_tree(*p)) {
+    for pid in tree(root) {
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             for line in rollup.lines() {
                 let kb = |l: &str| {
@@ -176,7 +206,14 @@ fn command_line(program: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -205,18 +242,30 @@ fn machine() -> Vec<(String, String)> {
         .unwrap_or_else(|_| "none".into());
     let avcodec = ffmpeg_next::codec::version();
     vec![
-        ("CPU".into(), format!("{cpu}, {} CPUs available", crate::system::cpu_count())),
+        (
+            "CPU".into(),
+            format!("{cpu}, {} CPUs available", crate::system::cpu_count()),
+        ),
         ("Memory".into(), memory),
         ("OS".into(), command_line("uname", &["-sr"])),
         ("Browser".into(), browser),
         (
             "libavcodec".into(),
-            format!("{}.{}.{}", avcodec >> 16, (avcodec >> 8) & 0xff, avcodec & 0xff),
+            format!(
+                "{}.{}.{}",
+                avcodec >> 16,
+                (avcodec >> 8) & 0xff,
+                avcodec & 0xff
+            ),
         ),
         ("rustc".into(), command_line("rustc", &["--version"])),
         (
             "cloudrun-render".into(),
-            format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["rev-parse", "--short", "HEAD"])),
+            format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                command_line("git", &["rev-parse", "--short", "HEAD"])
+            ),
         ),
     ]
 }
@@ -245,15 +294,23 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     if let Some(n) = args.frames {
         media.frame_range = FrameRange::Ranges(vec![(0, Some(n.saturating_sub(1)))]);
     }
+    if let Some(c) = args.concurrency {
+        media.concurrency = c;
+    }
     let access = Access::RemoteOrLocal;
     let work = tempfile::tempdir()?;
     let cpus = crate::system::cpu_count();
-    let tabs = Concurrency::Default.resolve(cpus).map_err(anyhow::Error::msg)?;
+    let tabs = media
+        .concurrency
+        .resolve(cpus)
+        .map_err(anyhow::Error::msg)?;
 
     eprintln!("C: capturing with {tabs} tab(s)…");
     let started = Instant::now();
+    let cpu_before = tree_cpu_seconds();
     let (composition, images) = renderer.capture_only(&site, &media, access).await?;
     let c_seconds = started.elapsed().as_secs_f64();
+    let c_cpu = tree_cpu_seconds() - cpu_before;
     let n = images.len() as f64;
     let (w, h) = (composition.width, composition.height);
     let jpeg_kb = images.iter().map(Bytes::len).sum::<usize>() as f64 / n / 1024.0;
@@ -262,18 +319,30 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     let settings = encode::settings(&media, VideoImageFormat::Jpeg, w, h, composition.fps)?;
     let e_path = work.path().join("encode-only.mp4");
     let (images_e, settings_e, path_e) = (images.clone(), settings.clone(), e_path.clone());
-    let e_seconds = tokio::task::spawn_blocking(move || encode_all(&images_e, &settings_e, &path_e, cpus))
-        .await??;
+    let cpu_before = tree_cpu_seconds();
+    let e_seconds =
+        tokio::task::spawn_blocking(move || encode_all(&images_e, &settings_e, &path_e, cpus))
+            .await??;
+    let e_cpu = tree_cpu_seconds() - cpu_before;
 
     eprintln!("R: a real render…");
     let sampler = MemorySampler::start();
     let r_path = work.path().join("render.mp4");
     let (tx, _rx) = render::progress::channel();
     let started = Instant::now();
+    let cpu_before = tree_cpu_seconds();
     renderer
-        .render_media(&site, &media, access, &r_path, &tx, &CancellationToken::new())
+        .render_media(
+            &site,
+            &media,
+            access,
+            &r_path,
+            &tx,
+            &CancellationToken::new(),
+        )
         .await?;
     let r_seconds = started.elapsed().as_secs_f64();
+    let r_cpu = tree_cpu_seconds() - cpu_before;
     let (peak_rss, peak_pss) = sampler.finish();
     let r_size = std::fs::metadata(&r_path)?.len();
 
@@ -285,7 +354,8 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     let s_capture = started.elapsed().as_secs_f64();
     let s_path = work.path().join("sequential.mp4");
     let s_encode =
-        tokio::task::spawn_blocking(move || encode_all(&seq_images, &settings, &s_path, 1)).await??;
+        tokio::task::spawn_blocking(move || encode_all(&seq_images, &settings, &s_path, 1))
+            .await??;
     let s_seconds = s_capture + s_encode;
 
     eprintln!("Stills: warm latency…");
@@ -314,24 +384,67 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     let b = 1.0 / (1.0 / c + 1.0 / e);
     let r = n / r_seconds;
     let s = n / s_seconds;
+    let cpu_bound = cpus as f64 / ((c_cpu + e_cpu) / n);
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     let mut out = String::new();
     out.push_str("# Benchmarks\n\n");
     out.push_str(&format!(
-        "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, default concurrency ({tabs} tab(s) on {cpus} CPUs). One run; expect about ±10–20 % between runs on a shared machine.\n\n",
-        args.composition, args.site, images.len(), composition.fps, media.jpeg_quality
+        "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, {tabs} tab(s) on {cpus} CPUs{}. One run; expect about ±10–20 % between runs on a shared machine.\n\n",
+        args.composition,
+        args.site,
+        images.len(),
+        composition.fps,
+        media.jpeg_quality,
+        if args.concurrency.is_none() { " (the default concurrency)" } else { "" },
     ));
+    if let Ok(flags) = std::env::var(crate::browser::launch::EXTRA_FLAGS_ENV) {
+        out.push_str(&format!("Extra Chromium flags: `{flags}`.\n\n"));
+    }
     out.push_str("| measure | value |\n|---|---|\n");
     let rows = [
-        ("C: capture only", format!("{c:.2} fps ({c_seconds:.1} s; {jpeg_kb:.0} KiB per JPEG)")),
-        ("E: encode only (decode + convert + x264)", format!("{e:.2} fps ({e_seconds:.1} s)")),
+        (
+            "C: capture only",
+            format!("{c:.2} fps ({c_seconds:.1} s; {jpeg_kb:.0} KiB per JPEG)"),
+        ),
+        (
+            "E: encode only (decode + convert + x264)",
+            format!("{e:.2} fps ({e_seconds:.1} s)"),
+        ),
         ("B = 1 / (1/C + 1/E)", format!("{b:.2} fps")),
-        ("R: real render (CLI path)", format!("{r:.2} fps ({r_seconds:.1} s, {:.1} MiB)", mib(r_size))),
+        (
+            "CPU time per frame: capture / encode / real render",
+            format!(
+                "{:.0} / {:.0} / {:.0} ms",
+                c_cpu / n * 1000.0,
+                e_cpu / n * 1000.0,
+                r_cpu / n * 1000.0
+            ),
+        ),
+        (
+            "CPU bound = CPUs / (capture + encode CPU per frame)",
+            format!(
+                "{cpu_bound:.2} fps (R reaches {:.0} %)",
+                r / cpu_bound * 100.0
+            ),
+        ),
+        (
+            "R: real render (CLI path)",
+            format!("{r:.2} fps ({r_seconds:.1} s, {:.1} MiB)", mib(r_size)),
+        ),
         ("R / B", format!("{:.2}", r / b)),
-        ("S: sequential (1 tab, then encode)", format!("{s:.2} fps ({s_capture:.1} s + {s_encode:.1} s)")),
+        (
+            "S: sequential (1 tab, then encode)",
+            format!("{s:.2} fps ({s_capture:.1} s + {s_encode:.1} s)"),
+        ),
         ("R / S", format!("{:.2}", r / s)),
-        ("peak RSS, us + Chromium, during R", format!("{:.0} MiB", mib(peak_rss))),
-        ("peak PSS, us + Chromium, during R", format!("{:.0} MiB", mib(peak_pss))),
+        (
+            "peak RSS, us + Chromium, during R",
+            format!("{:.0} MiB", mib(peak_rss)),
+        ),
+        (
+            "peak PSS, us + Chromium, during R",
+            format!("{:.0} MiB", mib(peak_pss)),
+        ),
     ];
     for (k, v) in rows {
         out.push_str(&format!("| {k} | {v} |\n"));

@@ -466,6 +466,9 @@ mod tests {
             assert!(f.iter().any(|a| a == want), "missing {want}");
         }
         assert!(!f.iter().any(|a| a == "--use-angle=swiftshader"));
-        assert!(!f.iter().any(|a| a == "--disable-gpu-compositing"), "a real GPU composites");
+        assert!(
+            !f.iter().any(|a| a == "--disable-gpu-compositing"),
+            "a real GPU composites"
+        );
     }
 }

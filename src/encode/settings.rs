@@ -62,6 +62,17 @@ impl FrameRate {
     }
 }
 
+/// Overrides the encoder's thread count (default: the CPUs).
+pub const ENCODER_THREADS_ENV: &str = "CLOUDRUN_RENDER_ENCODER_THREADS";
+
+fn encoder_threads() -> usize {
+    std::env::var(ENCODER_THREADS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| crate::system::cpu_count().max(1))
+}
+
 /// Container tags like the renderer's: keys lowercased, a `comment` that credits us first.
 pub fn metadata_tags(user: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::from([("comment".to_string(), MADE_WITH.to_string())]);
@@ -380,7 +391,7 @@ pub fn settings(
         gif_loops: media.number_of_gif_loops,
         png_frames: image_format == VideoImageFormat::Png,
         metadata,
-        threads: crate::system::cpu_count().max(1),
+        threads: encoder_threads(),
     })
 }
 

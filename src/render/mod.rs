@@ -626,7 +626,11 @@ impl Plan {
     fn start_capture(
         &self,
         cancel: &CancellationToken,
-    ) -> (CaptureTask, mpsc::Receiver<pool::CapturedFrame>, CancellationToken) {
+    ) -> (
+        CaptureTask,
+        mpsc::Receiver<pool::CapturedFrame>,
+        CancellationToken,
+    ) {
         let tabs = self.job.tabs;
         let in_flight = (tabs * 2).max(tabs + 4);
         let admission = Arc::new(Semaphore::new(in_flight));
