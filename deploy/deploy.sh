@@ -4,7 +4,8 @@
 #
 #   PROJECT=my-project REGION=us-east1 ./deploy/deploy.sh
 #
-# Optional: SERVICE (cloudrun-render), BUCKET (<project>-renders), CPU (2), MEMORY (4Gi),
+# Optional: SERVICE (cloudrun-render), BUCKET (<project>-renders), CPU (2), MEMORY (2Gi, see
+# BENCHMARKS.md; 4Gi for 4K or concurrency above 1),
 # MAX_INSTANCES (100), REPOSITORY (cloudrun-render, an Artifact Registry docker repo),
 # SERVICE_ACCOUNT (the project's default compute service account).
 set -euo pipefail
@@ -16,7 +17,7 @@ export PROJECT REGION
 export SERVICE="${SERVICE:-cloudrun-render}"
 export BUCKET="${BUCKET:-${PROJECT}-renders}"
 export CPU="${CPU:-2}"
-export MEMORY="${MEMORY:-4Gi}"
+export MEMORY="${MEMORY:-2Gi}"
 export MAX_INSTANCES="${MAX_INSTANCES:-100}"
 REPOSITORY="${REPOSITORY:-cloudrun-render}"
 project_number="$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')"

@@ -270,6 +270,26 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+const START: &str = "<!-- bench:start -->";
+const END: &str = "<!-- bench:end -->";
+
+/// The file with the generated part between the markers replaced by `report`; what is
+/// written around it (analysis, experiments) stays.
+fn merge_into(path: &Path, report: &str) -> String {
+    let generated = format!("{START}\n{report}{END}\n");
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    match (existing.find(START), existing.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!(
+                "{}{generated}{}",
+                &existing[..a],
+                &existing[b + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!("# Benchmarks\n\n{generated}"),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -281,7 +301,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     renderer.shutdown().await;
     let report = result?;
     println!("{report}");
-    std::fs::write(&args.out, &report)?;
+    std::fs::write(&args.out, merge_into(&args.out, &report))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
@@ -387,7 +407,6 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     let cpu_bound = cpus as f64 / ((c_cpu + e_cpu) / n);
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     let mut out = String::new();
-    out.push_str("# Benchmarks\n\n");
     out.push_str(&format!(
         "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, {tabs} tab(s) on {cpus} CPUs{}. One run; expect about ±10–20 % between runs on a shared machine.\n\n",
         args.composition,
@@ -454,9 +473,29 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
             "| still {format} {w}x{h}: first / warm (median of 5) | {first:.0} ms / {warm:.0} ms |\n"
         ));
     }
-    out.push_str("\n## Machine\n\n| | |\n|---|---|\n");
+    out.push_str("\nMachine:\n\n| | |\n|---|---|\n");
     for (k, v) in machine() {
         out.push_str(&format!("| {k} | {v} |\n"));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_report_replaces_only_the_generated_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("B.md");
+        assert_eq!(
+            merge_into(&path, "one\n"),
+            format!("# Benchmarks\n\n{START}\none\n{END}\n")
+        );
+        std::fs::write(&path, format!("intro\n{START}\nold\n{END}\nanalysis\n")).unwrap();
+        assert_eq!(
+            merge_into(&path, "new\n"),
+            format!("intro\n{START}\nnew\n{END}\nanalysis\n")
+        );
+    }
 }

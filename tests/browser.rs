@@ -178,6 +178,7 @@ fn slow_delay_render_is_waited_for() {
 
 #[test]
 fn a_delay_render_timeout_names_the_open_handle() {
+    let _alone = timing_sensitive();
     let mut s = site();
     s.timeout = Duration::from_millis(8000);
     let started = Instant::now();
@@ -453,6 +454,7 @@ fn tabs_are_closed_after_each_render_and_failure() {
 
 #[test]
 fn a_frozen_page_cannot_hang_the_render() {
+    let _alone = timing_sensitive();
     let mut s = site();
     s.timeout = Duration::from_millis(3000);
     let started = Instant::now();

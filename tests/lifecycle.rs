@@ -79,6 +79,7 @@ fn service_browser(service: &Service) -> u32 {
 
 #[test]
 fn the_browser_dies_with_the_service_on_sigterm() {
+    let _alone = timing_sensitive();
     let service = Service::start(&[]);
     let browser = service_browser(&service);
     assert!(!group_members(browser).is_empty());
@@ -92,6 +93,7 @@ fn the_browser_dies_with_the_service_on_sigterm() {
 
 #[test]
 fn the_browser_dies_with_the_service_on_sigkill() {
+    let _alone = timing_sensitive();
     let mut service = Service::start(&[]);
     let browser = service_browser(&service);
     service.child.kill().unwrap();
@@ -105,6 +107,7 @@ fn the_browser_dies_with_the_service_on_sigkill() {
 
 #[test]
 fn a_dead_browser_is_replaced_and_leaves_nothing_behind() {
+    let _alone = timing_sensitive();
     let service = Service::start(&[]);
     let first = service_browser(&service);
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
@@ -166,6 +169,7 @@ fn last_message(mut resp: reqwest::Response) -> serde_json::Value {
 
 #[test]
 fn a_second_render_is_refused_at_once_not_queued() {
+    let _alone = timing_sensitive();
     let service = Service::start(&[]);
     let running = start_slow_render(&service, "admission1", 200);
     let started = Instant::now();
@@ -200,6 +204,7 @@ fn a_second_render_is_refused_at_once_not_queued() {
 
 #[test]
 fn a_client_that_leaves_stops_its_render_within_two_seconds() {
+    let _alone = timing_sensitive();
     let service = Service::start(&[]);
     let running = start_slow_render(&service, "leaver0001", 400);
     assert_eq!(
@@ -227,6 +232,7 @@ fn a_client_that_leaves_stops_its_render_within_two_seconds() {
 
 #[test]
 fn sigterm_tells_running_clients_and_exits_in_time() {
+    let _alone = timing_sensitive();
     let mut service = Service::start(&[]);
     let browser = service_browser(&service);
     let running = start_slow_render(&service, "sigterm001", 400);

@@ -133,6 +133,13 @@ pub fn generated_bars_video(
     format!("{}/generated/{name}", fixture_server())
 }
 
+/// Held by tests that assert a deadline (2 s to stop, 10 s to exit), so sibling tests of the
+/// same binary do not share the two CPUs with them while they measure.
+pub fn timing_sensitive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
