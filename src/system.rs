@@ -3,6 +3,44 @@
 /// Overrides the detected CPU count (tests, or operators who know better).
 pub const CPUS_ENV: &str = "CLOUDRUN_RENDER_CPUS";
 
+/// How much lower than the rest of the process the encoder threads run (a nice increment,
+/// 0 to 19; 0 turns it off).
+pub const ENCODER_NICE_ENV: &str = "CLOUDRUN_RENDER_ENCODER_NICE";
+
+/// Capture is a latency chain through Chromium (script, raster, composite, JPEG) that one tab
+/// runs on about one CPU; x264 soaks up every CPU it is given. At equal priority the encoder
+/// slows every link of that chain; below it, it fills the gaps instead (BENCHMARKS.md).
+const DEFAULT_ENCODER_NICE: i32 = 10;
+
+/// Lowers the calling thread's priority by the encoder's nice increment. Threads it starts
+/// afterwards (x264's workers) inherit it: on Linux the nice value is per thread. Best effort.
+pub fn deprioritize_encoder_thread() {
+    let nice = std::env::var(ENCODER_NICE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(DEFAULT_ENCODER_NICE)
+        .clamp(0, 19);
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread; no memory is shared with the kernel.
+    let result = unsafe {
+        let tid = libc::gettid();
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid as libc::id_t,
+            (current + nice).min(19),
+        )
+    };
+    if result != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "could not lower the encoder's priority"
+        );
+    }
+}
+
 /// CPUs available to this process: the affinity mask and the cgroup CPU quota both count,
 /// so a 2-vCPU Cloud Run instance on a 64-core host says 2.
 pub fn cpu_count() -> usize {

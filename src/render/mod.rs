@@ -717,6 +717,7 @@ fn spawn_encoder(
     let handle = std::thread::Builder::new()
         .name("encoder".into())
         .spawn(move || {
+            crate::system::deprioritize_encoder_thread();
             let mut encoder = match VideoEncoder::create(&path, &settings) {
                 Ok(e) => {
                     let _ = ready_tx.send(Ok(()));
