@@ -18,26 +18,28 @@ pub fn deprioritize_encoder_thread() {
     let nice = std::env::var(ENCODER_NICE_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(DEFAULT_ENCODER_NICE)
-        .clamp(0, 19);
-    if nice == 0 {
-        return;
+        .unwrap_or(DEFAULT_ENCODER_NICE);
+    if let Err(error) = lower_current_thread_priority(nice) {
+        tracing::debug!(%error, "could not lower the encoder's priority");
     }
-    // SAFETY: plain syscalls on the calling thread; no memory is shared with the kernel.
+}
+
+/// Adds `increment` (clamped to 0..=19) to the calling thread's nice value.
+fn lower_current_thread_priority(increment: i32) -> std::io::Result<()> {
+    let increment = increment.clamp(0, 19);
+    if increment == 0 {
+        return Ok(());
+    }
+    // SAFETY: plain syscalls about the calling thread; no memory is shared with the kernel.
     let result = unsafe {
-        let tid = libc::gettid();
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            tid as libc::id_t,
-            (current + nice).min(19),
-        )
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (current + increment).min(19))
     };
-    if result != 0 {
-        tracing::debug!(
-            error = %std::io::Error::last_os_error(),
-            "could not lower the encoder's priority"
-        );
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -121,6 +123,31 @@ pub fn available_memory() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn thread_nice() -> i32 {
+        // SAFETY: a read-only syscall about the calling thread.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    #[test]
+    fn lowered_priority_is_per_thread_and_inherited() {
+        let (before, lowered, inherited) = std::thread::spawn(|| {
+            let before = thread_nice();
+            lower_current_thread_priority(5).unwrap();
+            let lowered = thread_nice();
+            // x264 starts its workers after the encoder opens: they must inherit the value.
+            let inherited = std::thread::spawn(thread_nice).join().unwrap();
+            (before, lowered, inherited)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(lowered, (before + 5).min(19));
+        assert_eq!(inherited, lowered);
+        // The test's own thread was not touched.
+        assert_eq!(thread_nice(), before);
+        lower_current_thread_priority(0).unwrap();
+        assert_eq!(thread_nice(), before);
+    }
 
     #[test]
     fn cpu_max_parsing() {
