@@ -182,24 +182,11 @@ fn audio_stream(path: &Path) -> Option<serde_json::Value> {
         .find(|s| s["codec_type"] == "audio")
 }
 
-#[test]
-fn two_tracks_are_mixed_into_the_video() {
-    let r = render_with(&site(), &media("Audio")).unwrap();
-    let a = audio_stream(&r.path).expect("an audio stream");
-    assert_eq!(a["codec_name"], "aac");
-    assert_eq!(a["sample_rate"], "48000");
-    assert_eq!(a["channels"], 2);
-    let duration: f64 = ffprobe(&r.path).format["duration"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((duration - 2.0).abs() < 0.1, "duration {duration}");
-    assert_frames(&r.path, &(0..60).collect::<Vec<_>>());
-
-    let pcm = pcm_of(&r.path).unwrap();
-    let first = window(&pcm, 0.1, 0.9);
-    let second = window(&pcm, 1.1, 1.9);
+/// The `Audio` fixture's mix: tone440 at 0.5 for the first second, tone880 added in the
+/// second. Returns the windows it checked.
+fn assert_tone440_then_tone880_added(pcm: &[f32]) -> (&[f32], &[f32]) {
+    let first = window(pcm, 0.1, 0.9);
+    let second = window(pcm, 1.1, 1.9);
     assert!(
         (frequency(first, 48_000) - 440.0).abs() < 10.0,
         "{}",
@@ -216,12 +203,47 @@ fn two_tracks_are_mixed_into_the_video() {
         "second second {}",
         rms(second)
     );
+    (first, second)
+}
+
+#[test]
+fn two_tracks_are_mixed_into_the_video() {
+    let r = render_with(&site(), &media("Audio")).unwrap();
+    let a = audio_stream(&r.path).expect("an audio stream");
+    assert_eq!(a["codec_name"], "aac");
+    assert_eq!(a["sample_rate"], "48000");
+    assert_eq!(a["channels"], 2);
+    let duration: f64 = ffprobe(&r.path).format["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((duration - 2.0).abs() < 0.1, "duration {duration}");
+    assert_frames(&r.path, &(0..60).collect::<Vec<_>>());
+
+    let pcm = pcm_of(&r.path).unwrap();
+    let (first, second) = assert_tone440_then_tone880_added(&pcm);
     assert!(
         peak(second) > peak(first) + 0.05,
         "the second tone adds up: {} vs {}",
         peak(second),
         peak(first)
     );
+}
+
+#[test]
+fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
+    let r = render_with(&audio_site(r#"{"inline": true}"#), &media("Audio")).unwrap();
+    let pcm = pcm_of(&r.path).expect("an audio stream");
+    // The page's own 440 Hz samples, with tone880 (a media asset) added on top from 1 s.
+    let (first, _) = assert_tone440_then_tone880_added(&pcm);
+    // A seam between frames would show as a jump far above a 440 Hz sine's step at 48 kHz.
+    let left: Vec<f32> = first.chunks_exact(2).map(|p| p[0]).collect();
+    let largest_step = left
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0f32, f32::max);
+    assert!(largest_step < 0.06, "a seam: step {largest_step}");
 }
 
 #[test]

@@ -409,6 +409,31 @@ fn chromium_options_reach_the_page() {
 }
 
 #[test]
+fn a_self_signed_serve_url_needs_ignore_certificate_errors() {
+    let mut s = SiteOptions::new(format!("{}/site/index.html", https_fixture_server()));
+    let mut m = media("Frames");
+    m.frame_range = FrameRange::Ranges(vec![(0, Some(4))]);
+    let refused = fail(&s, &m).to_string();
+    assert!(
+        refused.contains("ERR_CERT"),
+        "the certificate is checked by default: {refused}"
+    );
+    s.chromium.ignore_certificate_errors = true;
+    let r = render_with(&s, &m).unwrap();
+    assert_frames(&r.path, &[0, 1, 2, 3, 4]);
+
+    // An https page still loads OffthreadVideo frames from our plain-http loopback /proxy.
+    let src = generated_bars_video("bars30.mp4", 90, 30, 320, 180);
+    s.serialized_input_props = serde_json::json!({"src": src, "offset": 20}).to_string();
+    let mut m = media("Offthread");
+    m.frame_range = FrameRange::Ranges(vec![(0, Some(4))]);
+    let frames = RgbFrames::decode(&render_with(&s, &m).unwrap().path);
+    for k in 0..5 {
+        assert_eq!(frames.frame_number(k), 20 + k as u64, "output frame {k}");
+    }
+}
+
+#[test]
 fn tabs_are_closed_after_each_render_and_failure() {
     // A renderer of its own, so other tests' tabs do not count.
     runtime().block_on(async {
