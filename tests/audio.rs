@@ -244,6 +244,21 @@ fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
         .map(|w| (w[1] - w[0]).abs())
         .fold(0f32, f32::max);
     assert!(largest_step < 0.06, "a seam: step {largest_step}");
+
+    // toneFrequency on inline audio: an octave up, same length.
+    let r = render_with(
+        &audio_site(r#"{"inline": true, "only440": true, "toneFrequency": 2}"#),
+        &media("Audio"),
+    )
+    .unwrap();
+    let pcm = pcm_of(&r.path).unwrap();
+    let middle = window(&pcm, 0.2, 1.8);
+    assert!(
+        (frequency(middle, 48_000) - 880.0).abs() < 15.0,
+        "{}",
+        frequency(middle, 48_000)
+    );
+    assert!((rms(middle) - 0.354).abs() < 0.03, "level {}", rms(middle));
 }
 
 #[test]

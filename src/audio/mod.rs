@@ -114,7 +114,7 @@ pub async fn mix(
             add_into(&mut master, offset, &samples);
         }
     }
-    mix_inline(frames, &timeline, &mut master);
+    mix_inline(frames, &timeline, &mut master)?;
     Ok(Pcm {
         sample_rate: timeline.sample_rate,
         samples: master,
@@ -192,22 +192,40 @@ fn apply_volume(samples: &mut [f32], volume: &[f64], t: &Timeline) {
 }
 
 /// `inline-audio` records carry their own samples per frame: within one id a later write
-/// wins, and the ids are summed.
-fn mix_inline(frames: &[(u64, FrameAssets)], t: &Timeline, master: &mut [f32]) {
-    let mut streams: std::collections::BTreeMap<&str, Vec<(usize, &[i16])>> = Default::default();
+/// wins, and the ids are summed. `toneFrequency` is constant per id and, as in the renderer,
+/// applied once to the id's whole stream.
+fn mix_inline(
+    frames: &[(u64, FrameAssets)],
+    t: &Timeline,
+    master: &mut [f32],
+) -> Result<(), AudioError> {
+    /// One inline id: its tone, and its writes (stereo sample position, samples).
+    struct Stream<'a> {
+        tone_frequency: f64,
+        writes: Vec<(usize, &'a [i16])>,
+    }
+    let mut streams: std::collections::BTreeMap<&str, Stream> = Default::default();
     for (index, (_, assets)) in frames.iter().enumerate() {
         for a in &assets.inline {
-            if (a.tone_frequency - 1.0).abs() > 1e-9 {
-                tracing::warn!(id = %a.id, "toneFrequency on inline audio is not applied");
-            }
             let at = match a.start_in_video {
                 Some(s) if s > index as f64 => t.sample_at(s),
                 _ => t.sample_at(index as f64),
             };
-            streams.entry(&a.id).or_default().push((at, &a.audio));
+            streams
+                .entry(&a.id)
+                .or_insert_with(|| Stream {
+                    tone_frequency: a.tone_frequency,
+                    writes: Vec::new(),
+                })
+                .writes
+                .push((at, &a.audio));
         }
     }
-    for writes in streams.into_values() {
+    for Stream {
+        tone_frequency,
+        writes,
+    } in streams.into_values()
+    {
         let end = writes
             .iter()
             .map(|(at, s)| at * 2 + s.len())
@@ -225,8 +243,12 @@ fn mix_inline(frames: &[(u64, FrameAssets)], t: &Timeline, master: &mut [f32]) {
                 *o = *v as f32 / 32768.0;
             }
         }
+        if (tone_frequency - 1.0).abs() > 1e-9 {
+            own = decode::shift_pitch(&own, t.sample_rate, tone_frequency)?;
+        }
         add_into(master, first / 2, &own);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -290,7 +312,7 @@ mod tests {
             ),
         ];
         let mut master = vec![0f32; t.sample_at(3.0) * 2];
-        mix_inline(&frames, &t, &mut master);
+        mix_inline(&frames, &t, &mut master).unwrap();
         assert_eq!(master[0], 0.5);
         assert_eq!(master[2 * 1600], -0.5, "frame 1 starts at sample 1600");
         assert_eq!(master[2 * 1600 + 4], 0.0);
