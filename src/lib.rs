@@ -17,3 +17,4 @@ pub mod render;
 pub mod site;
 pub mod storage;
 pub mod system;
+pub mod timing;

@@ -48,6 +48,48 @@ fn render_a_local_bundle_directory() {
 }
 
 #[test]
+fn the_timings_line_says_where_a_slow_page_spends_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("slow.mp4");
+    // Every SlowFrames frame holds a delayRender for 150 ms before it draws.
+    let o = cli(&[
+        "render",
+        &site_dir(),
+        "SlowFrames",
+        out.to_str().unwrap(),
+        "--concurrency",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let timings: serde_json::Value = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "render timings")
+        .unwrap_or_else(|| panic!("no timings line in {stderr}"));
+    let field = |name: &str| {
+        timings[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} in {timings}"))
+    };
+    assert_eq!(timings["frames"], 20);
+    assert_eq!(timings["tabs"], 1);
+    let seek = field("seek_ms_per_frame");
+    assert!(
+        seek >= 140.0,
+        "the page's 150 ms per frame is in the seek: {timings}"
+    );
+    assert!(
+        field("screenshot_ms_per_frame") < seek,
+        "a 320x180 screenshot is quicker than the page: {timings}"
+    );
+    // One tab spends at least its seeks in the frame stage: 20 × 150 ms.
+    assert!(field("frames_ms") >= 20.0 * 140.0, "{timings}");
+    assert!(field("fps") > 0.0 && field("setup_ms") > 0.0, "{timings}");
+    assert!(field("encode_ms_per_frame") > 0.0, "{timings}");
+}
+
+#[test]
 fn a_failed_render_leaves_nothing_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("video.mp4");

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::contract::{self, CaptureFormat, CompositionMode, PageSetup};
 use super::{Browser, BrowserError, Tab};
+use crate::timing::Elapsed;
 
 /// A page-side delayRender retry may ask for a fresh tab this many times per frame at most.
 const MAX_PAGE_RETRIES: u32 = 10;
@@ -33,6 +34,21 @@ pub struct CaptureJob {
     pub tabs: usize,
     /// `None` for audio-only renders: frames are stepped for their assets, not captured.
     pub format: Option<CaptureFormat>,
+    pub timings: Arc<CaptureTimings>,
+}
+
+/// Where the tabs' time went, summed over tabs, for the render's timing log.
+#[derive(Debug, Default)]
+pub struct CaptureTimings {
+    /// Opening tabs up to the composition's first frame.
+    pub opening_tabs: Elapsed,
+    /// Waiting for a permit or for the consumer to take a frame: the encoder is behind, or
+    /// the reorder buffer is full.
+    pub waiting_for_encoder: Elapsed,
+    /// `remotion_setFrame` until the page is ready and its fonts are loaded.
+    pub seeking: Elapsed,
+    /// The screenshot and the frame's assets.
+    pub capturing: Elapsed,
 }
 
 #[derive(Debug)]
@@ -120,15 +136,20 @@ impl Worker {
     }
 
     async fn work(&self) -> Result<(), BrowserError> {
+        let timings = &self.job.timings;
         let first = self.job.frames.get(self.index).copied().unwrap_or(0);
+        let opening = Instant::now();
         let mut tab = Some(self.open_tab(first).await?);
+        timings.opening_tabs.add_since(opening);
         loop {
+            let waiting = Instant::now();
             let permit = self
                 .admission
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| BrowserError::protocol("capturing frames", "admission closed"))?;
+            timings.waiting_for_encoder.add_since(waiting);
             let position = self.queue.fetch_add(1, Ordering::SeqCst);
             if position >= self.job.frames.len() {
                 break;
@@ -142,7 +163,10 @@ impl Worker {
                 assets,
                 permit,
             };
-            if self.out.send(captured).await.is_err() {
+            let handing_over = Instant::now();
+            let sent = self.out.send(captured).await;
+            timings.waiting_for_encoder.add_since(handing_over);
+            if sent.is_err() {
                 // The consumer is gone: it failed or was cancelled, and will say why.
                 break;
             }
@@ -261,7 +285,10 @@ impl Worker {
             Some(CaptureFormat::Jpeg { .. }) | None => "black",
             Some(CaptureFormat::Png | CaptureFormat::Webp) => "transparent",
         };
+        let seeking = Instant::now();
         contract::seek(tab, &job.mode.id, frame, attempt, timeout, background).await?;
+        job.timings.seeking.add_since(seeking);
+        let capturing = Instant::now();
         let image = async {
             match job.format {
                 Some(format) => contract::capture(tab, format, job.mode.width, job.mode.height)
@@ -271,6 +298,7 @@ impl Worker {
             }
         };
         let (image, assets) = tokio::try_join!(image, contract::collect_assets(tab))?;
+        job.timings.capturing.add_since(capturing);
         Ok((image, assets))
     }
 }

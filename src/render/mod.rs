@@ -30,6 +30,7 @@ use crate::encode::{self, AudioSettings, EncodeError, FramePreparer, PreparedFra
 use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions, VideoImageFormat};
 use crate::site::{Access, Site, SiteError};
+use crate::timing::Elapsed;
 
 pub use progress::{ProgressSender, RenderProgress};
 
@@ -387,6 +388,7 @@ impl Renderer {
                 frames,
                 tabs,
                 format,
+                timings: Default::default(),
             },
             composition,
             media_files,
@@ -489,20 +491,32 @@ impl Renderer {
             codec = %media.codec,
             "rendering"
         );
+        let frames_started = Instant::now();
         let (capture, captured_rx, stop) = plan.start_capture(cancel);
 
         let encoded = Arc::new(AtomicU64::new(0));
+        let decoding = Arc::new(Elapsed::default());
+        let encoding = Arc::new(Elapsed::default());
         let (encoder, encoder_thread) = match (settings, &video_path) {
             (Some(settings), Some(path)) => {
                 let preparer = Arc::new(FramePreparer::new(&settings));
-                let (tx, thread) = spawn_encoder(path.clone(), settings, encoded.clone())?;
+                let (tx, thread) =
+                    spawn_encoder(path.clone(), settings, encoded.clone(), encoding.clone())?;
                 (Some((tx, preparer)), Some(thread))
             }
             _ => (None, None),
         };
 
-        let ordered =
-            order_and_decode(captured_rx, encoder, total, progress, &encoded, &stop).await;
+        let ordered = order_and_decode(
+            captured_rx,
+            encoder,
+            total,
+            progress,
+            &encoded,
+            &stop,
+            decoding.clone(),
+        )
+        .await;
         if ordered.is_err() {
             stop.cancel();
         }
@@ -512,6 +526,7 @@ impl Renderer {
                 message: format!("the capture task failed: {e}"),
             })
         });
+        let captured_all = Instant::now();
         // Errors, in order of what explains the failure best.
         let encoder_result = match encoder_thread {
             Some(thread) => Some(
@@ -528,6 +543,7 @@ impl Renderer {
         captured?;
         let assets = ordered?;
         let frames_written = encoder_result.transpose()?.unwrap_or(total);
+        let frames_done = Instant::now();
 
         if let Some(audio_settings) = audio_settings {
             let timeline = audio::Timeline {
@@ -592,6 +608,13 @@ impl Renderer {
             p.rendered = total;
             p.encoded = total;
         });
+        log_timings(
+            total,
+            plan.job.tabs,
+            [started, frames_started, captured_all, frames_done],
+            &plan.job.timings,
+            [&decoding, &encoding],
+        );
         Ok(MediaOutcome {
             composition: plan.composition,
             frames: frames_written,
@@ -703,6 +726,38 @@ async fn cancellable<T>(
     }
 }
 
+/// Where a render's time went, as one log line: the stages' wall time, then per frame what
+/// the tabs (summed over tabs) and the encode half spent. The first place to look when a
+/// render is slower than expected.
+fn log_timings(
+    frames: u64,
+    tabs: usize,
+    [started, frames_started, captured_all, frames_done]: [Instant; 4],
+    capture: &pool::CaptureTimings,
+    [decoding, encoding]: [&Elapsed; 2],
+) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let per_frame = |e: &Elapsed| (e.millis() / frames.max(1) as f64 * 10.0).round() / 10.0;
+    let frames_seconds = (frames_done - frames_started).as_secs_f64();
+    tracing::info!(
+        frames,
+        tabs,
+        setup_ms = ms(frames_started - started).round(),
+        frames_ms = ms(frames_done - frames_started).round(),
+        // x264's lookahead and frame threads hold frames until the end: the encoder's tail.
+        encoder_flush_ms = ms(frames_done - captured_all).round(),
+        audio_and_mux_ms = ms(frames_done.elapsed()).round(),
+        fps = (frames as f64 / frames_seconds.max(1e-9) * 100.0).round() / 100.0,
+        opening_tabs_ms = capture.opening_tabs.millis().round(),
+        seek_ms_per_frame = per_frame(&capture.seeking),
+        screenshot_ms_per_frame = per_frame(&capture.capturing),
+        waiting_for_encoder_ms_per_frame = per_frame(&capture.waiting_for_encoder),
+        decode_ms_per_frame = per_frame(decoding),
+        encode_ms_per_frame = per_frame(encoding),
+        "render timings"
+    );
+}
+
 type EncoderJoin = std::thread::JoinHandle<Result<u64, RenderError>>;
 
 /// The encoder runs on its own thread, fed in frame order; memory is bounded by the channel
@@ -711,6 +766,7 @@ fn spawn_encoder(
     path: std::path::PathBuf,
     settings: encode::VideoSettings,
     encoded: Arc<AtomicU64>,
+    encoding: Arc<Elapsed>,
 ) -> Result<(mpsc::Sender<OrderedFrame>, EncoderJoin), RenderError> {
     let (tx, mut rx) = mpsc::channel::<OrderedFrame>(2);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -733,7 +789,9 @@ fn spawn_encoder(
             while let Some(frame) = rx.blocking_recv() {
                 match frame {
                     OrderedFrame::Frame(prepared, _permit) => {
+                        let pushing = Instant::now();
                         encoder.push(prepared)?;
+                        encoding.add_since(pushing);
                         encoded.store(encoder.encoded_frames(), Ordering::Relaxed);
                     }
                     OrderedFrame::Abort => {
@@ -776,6 +834,7 @@ async fn order_and_decode(
     progress: &ProgressSender,
     encoded: &AtomicU64,
     stop: &CancellationToken,
+    decoding_time: Arc<Elapsed>,
 ) -> Result<Vec<(u64, Value)>, RenderError> {
     let mut decoding = tokio::task::JoinSet::new();
     let mut ready: BTreeMap<usize, OrderedFrame> = BTreeMap::new();
@@ -805,11 +864,14 @@ async fn order_and_decode(
                             let position = f.position;
                             let image = f.image;
                             let preparer = preparer.clone();
+                            let decoding_time = decoding_time.clone();
                             decoding.spawn_blocking(move || {
+                                let started = Instant::now();
                                 let decoded = match image {
                                     Some(bytes) => preparer.prepare(&bytes),
                                     None => Err(EncodeError::Decode("no image was captured".into())),
                                 };
+                                decoding_time.add_since(started);
                                 (position, decoded.map(|d| OrderedFrame::Frame(d, permit)))
                             });
                         }
