@@ -42,9 +42,8 @@ pub struct CaptureJob {
 pub struct CaptureTimings {
     /// Opening tabs up to the composition's first frame.
     pub opening_tabs: Elapsed,
-    /// Waiting for a permit or for the consumer to take a frame: the encoder is behind, or
-    /// the reorder buffer is full.
-    pub waiting_for_encoder: Elapsed,
+    /// Waiting for a permit or for the consumer to take a frame: the consumer is behind.
+    pub waiting_for_consumer: Elapsed,
     /// `remotion_setFrame` until the page is ready and its fonts are loaded.
     pub seeking: Elapsed,
     /// The screenshot and the frame's assets.
@@ -149,7 +148,7 @@ impl Worker {
                 .acquire_owned()
                 .await
                 .map_err(|_| BrowserError::protocol("capturing frames", "admission closed"))?;
-            timings.waiting_for_encoder.add_since(waiting);
+            timings.waiting_for_consumer.add_since(waiting);
             let position = self.queue.fetch_add(1, Ordering::SeqCst);
             if position >= self.job.frames.len() {
                 break;
@@ -165,7 +164,7 @@ impl Worker {
             };
             let handing_over = Instant::now();
             let sent = self.out.send(captured).await;
-            timings.waiting_for_encoder.add_since(handing_over);
+            timings.waiting_for_consumer.add_since(handing_over);
             if sent.is_err() {
                 // The consumer is gone: it failed or was cancelled, and will say why.
                 break;

@@ -751,7 +751,7 @@ fn log_timings(
         opening_tabs_ms = capture.opening_tabs.millis().round(),
         seek_ms_per_frame = per_frame(&capture.seeking),
         screenshot_ms_per_frame = per_frame(&capture.capturing),
-        waiting_for_encoder_ms_per_frame = per_frame(&capture.waiting_for_encoder),
+        waiting_for_encoder_ms_per_frame = per_frame(&capture.waiting_for_consumer),
         decode_ms_per_frame = per_frame(decoding),
         encode_ms_per_frame = per_frame(encoding),
         "render timings"
