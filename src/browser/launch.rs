@@ -117,6 +117,15 @@ pub const GL_ENV: &str = "CLOUDRUN_RENDER_GL";
 /// Extra Chromium flags, space-separated, appended to ours.
 pub const EXTRA_FLAGS_ENV: &str = "CLOUDRUN_RENDER_CHROMIUM_FLAGS";
 
+/// `1` (or `true`, `on`) keeps Chromium's 60 Hz frame clock.
+pub const FRAME_RATE_LIMIT_ENV: &str = "CLOUDRUN_RENDER_FRAME_RATE_LIMIT";
+
+fn frame_rate_limited() -> bool {
+    std::env::var(FRAME_RATE_LIMIT_ENV)
+        .map(|v| matches!(v.trim(), "1" | "true" | "on"))
+        .unwrap_or(false)
+}
+
 fn default_gl() -> Option<GlRenderer> {
     match std::env::var(GL_ENV).ok().as_deref() {
         Some("none") => None,
@@ -253,6 +262,13 @@ pub fn flags(kind: BrowserKind, options: &LaunchOptions, user_data_dir: &Path) -
     }
     if let Some(ua) = &options.user_agent {
         f.push(format!("--user-agent={ua}"));
+    }
+    // Chromium paces compositor frames to a 60 Hz clock, and a screenshot waits for the next
+    // tick or two: ~40 ms per frame whatever the page. Unpaced, a light composition renders
+    // ~2x faster (BENCHMARKS.md). A page that animates on its own then spins as fast as it
+    // can, so operators who render such pages can put the clock back.
+    if !frame_rate_limited() {
+        f.push("--disable-frame-rate-limit".into());
     }
     // Operators can tune Chromium (raster threads, GL backends) without a rebuild.
     if let Ok(extra) = std::env::var(EXTRA_FLAGS_ENV) {
@@ -443,6 +459,7 @@ mod tests {
             "--disable-gpu-compositing",
             "--disable-background-timer-throttling",
             "--disable-renderer-backgrounding",
+            "--disable-frame-rate-limit",
             "--remote-debugging-port=0",
             "--user-data-dir=/tmp/profile",
         ] {
