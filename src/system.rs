@@ -3,6 +3,16 @@
 /// Overrides the detected CPU count (tests, or operators who know better).
 pub const CPUS_ENV: &str = "CLOUDRUN_RENDER_CPUS";
 
+/// Resolves when the process is asked to stop: SIGTERM (Cloud Run, `kill`) or Ctrl-C.
+pub async fn termination_requested() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 /// How much lower than the rest of the process the encoder threads run (a nice increment,
 /// 0 to 19; 0 turns it off).
 pub const ENCODER_NICE_ENV: &str = "CLOUDRUN_RENDER_ENCODER_NICE";

@@ -86,12 +86,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()
     let signalled = CancellationToken::new();
     let on_signal = signalled.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install the SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        crate::system::termination_requested().await;
         tracing::info!("shutting down: stopping running renders");
         on_signal.cancel();
         shutdown.cancel();
