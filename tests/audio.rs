@@ -136,7 +136,7 @@ fn a_file_without_audio_gives_nothing() {
 // ---- Whole renders: the Audio fixture registers tone440 (0.5, frames 0–59) and tone880
 // (0.25 × volume 0.5, frames 30–59) as data: URL WAVs. ----
 
-use cloudrun_render::options::{AudioCodec, Codec, SiteOptions};
+use cloudrun_render::options::{AudioCodec, Codec};
 use common::*;
 
 /// The audio of a file as interleaved stereo f32 at 48 kHz (ffmpeg CLI), or None.
@@ -169,10 +169,12 @@ fn rms(s: &[f32]) -> f64 {
     (s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
 }
 
-fn audio_site(props: &str) -> SiteOptions {
+/// The audio of the `Audio` fixture rendered with these props (interleaved stereo f32).
+fn audio_with_props(props: &str) -> Vec<f32> {
     let mut s = site();
     s.serialized_input_props = props.into();
-    s
+    let r = render_with(&s, &media("Audio")).unwrap();
+    pcm_of(&r.path).expect("an audio stream")
 }
 
 fn audio_stream(path: &Path) -> Option<serde_json::Value> {
@@ -233,8 +235,7 @@ fn two_tracks_are_mixed_into_the_video() {
 
 #[test]
 fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
-    let r = render_with(&audio_site(r#"{"inline": true}"#), &media("Audio")).unwrap();
-    let pcm = pcm_of(&r.path).expect("an audio stream");
+    let pcm = audio_with_props(r#"{"inline": true}"#);
     // The page's own 440 Hz samples, with tone880 (a media asset) added on top from 1 s.
     let (first, _) = assert_tone440_then_tone880_added(&pcm);
     // A seam between frames would show as a jump far above a 440 Hz sine's step at 48 kHz.
@@ -246,12 +247,7 @@ fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
     assert!(largest_step < 0.06, "a seam: step {largest_step}");
 
     // toneFrequency on inline audio: an octave up, same length.
-    let r = render_with(
-        &audio_site(r#"{"inline": true, "only440": true, "toneFrequency": 2}"#),
-        &media("Audio"),
-    )
-    .unwrap();
-    let pcm = pcm_of(&r.path).unwrap();
+    let pcm = audio_with_props(r#"{"inline": true, "only440": true, "toneFrequency": 2}"#);
     let middle = window(&pcm, 0.2, 1.8);
     assert!(
         (frequency(middle, 48_000) - 880.0).abs() < 15.0,
@@ -279,12 +275,7 @@ fn muted_and_silent_renders_have_no_audio_unless_enforced() {
 
 #[test]
 fn volume_curves_playback_rate_and_trims() {
-    let r = render_with(
-        &audio_site(r#"{"ramp": true, "only440": true}"#),
-        &media("Audio"),
-    )
-    .unwrap();
-    let pcm = pcm_of(&r.path).unwrap();
+    let pcm = audio_with_props(r#"{"ramp": true, "only440": true}"#);
     let (early, late) = (rms(window(&pcm, 0.05, 0.25)), rms(window(&pcm, 1.75, 1.95)));
     assert!(
         early < 0.1 && late > 0.3,
@@ -292,12 +283,7 @@ fn volume_curves_playback_rate_and_trims() {
     );
 
     // Twice as fast: the 2 s source is used up after 1 s of video, then silence.
-    let r = render_with(
-        &audio_site(r#"{"playbackRate": 2, "only440": true}"#),
-        &media("Audio"),
-    )
-    .unwrap();
-    let pcm = pcm_of(&r.path).unwrap();
+    let pcm = audio_with_props(r#"{"playbackRate": 2, "only440": true}"#);
     assert!(rms(window(&pcm, 0.2, 0.8)) > 0.3);
     assert!(rms(window(&pcm, 1.2, 1.9)) < 0.01, "after the source ends");
     assert!(
@@ -306,12 +292,7 @@ fn volume_curves_playback_rate_and_trims() {
     );
 
     // trimBefore 30 frames: the source starts 1 s in, so it also ends 1 s into the video.
-    let r = render_with(
-        &audio_site(r#"{"trimBefore": 30, "only440": true}"#),
-        &media("Audio"),
-    )
-    .unwrap();
-    let pcm = pcm_of(&r.path).unwrap();
+    let pcm = audio_with_props(r#"{"trimBefore": 30, "only440": true}"#);
     assert!(rms(window(&pcm, 0.2, 0.8)) > 0.3);
     assert!(
         rms(window(&pcm, 1.2, 1.9)) < 0.01,
