@@ -6,6 +6,11 @@
 //! one chunk. The CRC32C is computed first and declared in the session's metadata: GCS then
 //! refuses to finalize anything else, and we check what it reports once more.
 //!
+//! A transient failure is retried where it happened; a session that can no longer take the
+//! upload (404/410, or an object that does not match) is replaced by a new one from byte 0.
+//! Both draw on one [`RetryPolicy`] budget per upload, so a storage path that never works
+//! ends in bounded time.
+//!
 //! Why not the official `google-cloud-storage`: its HTTP layer sends `Host` without the port
 //! of a custom endpoint (`google-cloud-gax-internal` `host::header` keeps `authority.host()`),
 //! and neither client-wide nor per-request headers can replace it. Emulators build the upload
