@@ -3,13 +3,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use cloudrun_render::options::Privacy;
 use cloudrun_render::storage::gcs::{GcsStore, RetryPolicy, Source};
-use cloudrun_render::storage::{ObjectOptions, encode_uri_component};
+use cloudrun_render::storage::{ObjectOptions, StorageError, StoredObject, encode_uri_component};
+use common::faults::{Exchange, Fault, FaultProxy, Rule};
 use common::*;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
@@ -314,112 +314,11 @@ fn serve_starts_with_application_default_credentials_when_nothing_is_configured(
     assert!(service.stop().success());
 }
 
-/// What a [`Proxy`] saw: method, path and query, `Content-Range`.
-type Seen = Arc<Mutex<Vec<(String, String, Option<String>)>>>;
-
-/// Which requests a [`Proxy`] answers with 503 instead of forwarding them.
-#[derive(Clone, Copy)]
-struct Faults {
-    /// The first n requests that start an upload session.
-    failed_starts: usize,
-    /// Chunk PUTs from the n-th (1-based) on.
-    failed_chunks_from: usize,
-}
-
-impl Default for Faults {
-    fn default() -> Self {
-        Faults {
-            failed_starts: 0,
-            failed_chunks_from: usize::MAX,
-        }
-    }
-}
-
-/// Forwards to the emulator, recording requests and injecting [`Faults`]. The emulator builds
-/// session URLs from `Host`, which the proxy passes through, so sessions stay behind it.
-struct Proxy {
-    url: String,
-    seen: Seen,
-}
-
-impl Proxy {
-    fn start(upstream: &str, faults: Faults) -> Proxy {
-        let seen: Seen = Arc::default();
-        let recorded = seen.clone();
-        let upstream = upstream.to_string();
-        let client = reqwest::Client::new();
-        let app = axum::Router::new()
-            .fallback(
-                move |method: axum::http::Method,
-                      uri: axum::http::Uri,
-                      headers: axum::http::HeaderMap,
-                      body: axum::body::Bytes| {
-                    let (recorded, upstream, client) =
-                        (recorded.clone(), upstream.clone(), client.clone());
-                    async move {
-                        let path = uri.path_and_query().unwrap().to_string();
-                        let range = headers
-                            .get("content-range")
-                            .map(|v| v.to_str().unwrap().to_string());
-                        let is_chunk = |m: &str, r: &Option<String>| {
-                            m == "PUT" && r.as_ref().is_some_and(|r| !r.contains('*'))
-                        };
-                        let is_start =
-                            |m: &str, p: &str| m == "POST" && p.contains("uploadType=resumable");
-                        let fail = {
-                            let mut seen = recorded.lock().unwrap();
-                            seen.push((method.to_string(), path.clone(), range.clone()));
-                            let chunks = seen.iter().filter(|(m, _, r)| is_chunk(m, r)).count();
-                            let starts = seen.iter().filter(|(m, p, _)| is_start(m, p)).count();
-                            (is_chunk(method.as_str(), &range)
-                                && chunks >= faults.failed_chunks_from)
-                                || (is_start(method.as_str(), &path)
-                                    && starts <= faults.failed_starts)
-                        };
-                        if fail {
-                            return axum::http::Response::builder()
-                                .status(503)
-                                .body(axum::body::Body::from("injected"))
-                                .unwrap();
-                        }
-                        let mut request = client
-                            .request(method, format!("{upstream}{path}"))
-                            .body(body);
-                        for (k, v) in headers.iter() {
-                            if k != "content-length" {
-                                request = request.header(k, v);
-                            }
-                        }
-                        let answer = request.send().await.unwrap();
-                        let mut response = axum::http::Response::builder().status(answer.status());
-                        for (k, v) in answer.headers() {
-                            if k != "content-length" && k != "transfer-encoding" {
-                                response = response.header(k, v);
-                            }
-                        }
-                        response
-                            .body(axum::body::Body::from(answer.bytes().await.unwrap()))
-                            .unwrap()
-                    }
-                },
-            )
-            .layer(axum::extract::DefaultBodyLimit::disable());
-        Proxy {
-            url: serve_on_loopback(app),
-            seen,
-        }
-    }
-
-    fn seen(&self) -> Vec<(String, String, Option<String>)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// The emulator with `bucket`, and a proxy in front of it.
-fn emulator_behind_proxy(bucket: &str, faults: Faults) -> (FakeGcs, Proxy) {
+/// The emulator with `bucket`, and a fault proxy in front of it.
+fn emulator_behind_proxy(bucket: &str, rules: Vec<Rule>) -> (FakeGcs, FaultProxy) {
     let gcs = FakeGcs::start();
     gcs.create_bucket(bucket);
-    let proxy = Proxy::start(&gcs.url, faults);
+    let proxy = FaultProxy::start(&gcs.url, rules);
     (gcs, proxy)
 }
 
@@ -431,114 +330,271 @@ fn video_options() -> ObjectOptions {
     }
 }
 
-#[test]
-fn a_large_file_goes_up_in_resumable_chunks_on_a_non_default_port() {
-    let (gcs, proxy) = emulator_behind_proxy("big", Faults::default());
-    assert!(!proxy.url.ends_with(":80") && !gcs.url.ends_with(":80"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("big.mp4");
-    let len = 17 * 1024 * 1024 + 123;
+/// Bytes no two chunks of which are alike (xorshift), so a chunk sent at the wrong offset
+/// shows.
+fn scrambled(len: usize) -> Vec<u8> {
     let mut state = 0x2545_f491_u32;
-    let data: Vec<u8> = (0..len)
+    (0..len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
             state as u8
         })
-        .collect();
-    std::fs::write(&path, &data).unwrap();
+        .collect()
+}
 
+const MIB: usize = 1024 * 1024;
+
+/// Over two 8 MiB chunks: the third chunk is the short last one.
+const BIG: usize = 17 * MIB + 123;
+
+/// `bytes a-b/total` of the chunks of an upload of `len` bytes from the start.
+fn chunk_ranges(len: usize, chunk: usize) -> Vec<String> {
+    (0..len)
+        .step_by(chunk)
+        .map(|a| format!("bytes {a}-{}/{len}", (a + chunk).min(len) - 1))
+        .collect()
+}
+
+/// `data` uploaded through `store` from a file.
+fn put_file(
+    store: &GcsStore,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+) -> Result<StoredObject, StorageError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("upload.mp4");
+    std::fs::write(&path, data).unwrap();
+    runtime().block_on(store.put(bucket, key, Source::File(&path), &video_options()))
+}
+
+/// What must hold once an upload answered success, however many sessions it took: the one
+/// object in the bucket is at `key` and holds exactly `data`, `stored` reports its size, and
+/// every object the emulator finalized by mistake on the way was deleted by its generation
+/// before a new session started.
+fn assert_uploaded_exactly(
+    gcs: &FakeGcs,
+    proxy: &FaultProxy,
+    bucket: &str,
+    key: &str,
+    data: &[u8],
+    stored: &StoredObject,
+) {
+    let object = gcs.object(bucket, key).expect("the object");
+    assert_eq!(object["size"], data.len().to_string());
+    assert_eq!(stored.size, data.len() as u64);
+    assert_eq!(object["crc32c"], b64_crc32c(data));
+    assert!(
+        gcs.download(bucket, key) == data,
+        "the bytes came back unchanged"
+    );
+    let generations = gcs.generations(bucket);
+    assert_eq!(generations.len(), 1, "{generations:#?}");
+    assert_eq!(generations[0]["generation"], object["generation"]);
+    assert_mistakes_deleted(proxy, &object["generation"]);
+}
+
+/// Every object the emulator finalized and told the client about, other than `kept`, had a
+/// DELETE of its generation answered by the emulator before the next session started.
+/// (fake-gcs-server deletes the live object whatever generation is named, and a later upload
+/// replaces it anyway, so the listing alone cannot tell: the requests can.)
+fn assert_mistakes_deleted(proxy: &FaultProxy, kept: &Value) {
+    let seen = proxy.seen();
+    for (i, s) in seen.iter().enumerate() {
+        let Some(object) = s.finalized() else {
+            continue;
+        };
+        if s.fault == Some(Fault::ResetMidAnswer) {
+            continue;
+        }
+        let generation = object["generation"].as_str().unwrap();
+        if generation == kept.as_str().unwrap() {
+            continue;
+        }
+        let next_start = seen[i..]
+            .iter()
+            .position(|s| s.exchange == Exchange::Start)
+            .map(|p| i + p)
+            .unwrap_or(seen.len());
+        let deleted = seen[i..next_start].iter().any(|d| {
+            d.exchange == Exchange::Delete
+                && d.query("generation").as_deref() == Some(generation)
+                && matches!(d.upstream, Some((200 | 204, _)))
+        });
+        assert!(
+            deleted,
+            "generation {generation} ({} bytes) was finalized by mistake and not deleted: {seen:#?}",
+            object["size"]
+        );
+    }
+}
+
+#[test]
+fn a_large_file_goes_up_in_resumable_chunks_on_a_non_default_port() {
+    let (gcs, proxy) = emulator_behind_proxy("big", vec![]);
+    assert!(!proxy.url.ends_with(":80") && !gcs.url.ends_with(":80"));
+    let data = scrambled(BIG);
     let store = GcsStore::emulator(&proxy.url);
     let key = "renders/bigbigbig0/out.mp4";
     let started = std::time::Instant::now();
-    let stored = runtime()
-        .block_on(store.put("big", key, Source::File(&path), &video_options()))
-        .expect("the upload");
-    eprintln!("uploaded {len} bytes in {:?}", started.elapsed());
-    assert_eq!(stored.size, len as u64);
+    let stored = put_file(&store, "big", key, &data).expect("the upload");
+    eprintln!("uploaded {BIG} bytes in {:?}", started.elapsed());
     assert_eq!(stored.cloud_storage_uri, format!("gs://big/{key}"));
+    assert_uploaded_exactly(&gcs, &proxy, "big", key, &data, &stored);
 
-    let object = gcs.object("big", key).expect("the object");
-    assert_eq!(object["size"], len.to_string());
-    assert_eq!(object["crc32c"], b64_crc32c(&data));
+    let object = gcs.object("big", key).unwrap();
     assert_eq!(object["contentType"], "video/mp4");
     assert_eq!(object["contentDisposition"], "attachment");
     let acl = gcs.acl("big", key);
-    assert!(
-        acl.contains(&"allUsers:READER".to_string()),
-        "{acl:?} {:?}",
-        proxy.seen()[0]
-    );
-    assert!(
-        gcs.download("big", key) == data,
-        "the bytes came back unchanged"
-    );
+    assert!(acl.contains(&"allUsers:READER".to_string()), "{acl:?}");
+    assert_eq!(proxy.of(Exchange::Start).len(), 1);
+    assert_eq!(proxy.data_ranges(), chunk_ranges(BIG, 8 * MIB));
+}
 
-    let seen = proxy.seen();
-    let starts: Vec<_> = seen
-        .iter()
-        .filter(|(m, p, _)| m == "POST" && p.contains("uploadType=resumable"))
-        .collect();
-    assert_eq!(starts.len(), 1, "{seen:?}");
-    let ranges: Vec<_> = seen
-        .iter()
-        .filter(|(m, _, _)| m == "PUT")
-        .map(|(_, _, r)| r.clone().unwrap())
-        .collect();
-    let eight = 8 * 1024 * 1024;
-    assert_eq!(
-        ranges,
-        [
-            format!("bytes 0-{}/{len}", eight - 1),
-            format!("bytes {eight}-{}/{len}", 2 * eight - 1),
-            format!("bytes {}-{}/{len}", 2 * eight, len - 1),
-        ]
+/// The schedule: the connection breaks in the middle of the first chunk, the status
+/// query that follows gets a 503, and the next one makes the emulator finalize the empty
+/// session. That session is over: its object is deleted and a new one sends everything.
+#[test]
+fn a_reset_mid_chunk_then_a_503_then_a_finalized_stub_starts_over() {
+    let rules = vec![
+        Rule::nth(Exchange::Data, 1, Fault::ResetMidRequest),
+        Rule::nth(Exchange::Status, 1, Fault::Status(503)),
+    ];
+    let (gcs, proxy) = emulator_behind_proxy("reset", rules);
+    let data = scrambled(BIG);
+    let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
+    let key = "renders/reset00000/out.mp4";
+    let stored = put_file(&store, "reset", key, &data).expect("the upload survives");
+    assert_uploaded_exactly(&gcs, &proxy, "reset", key, &data, &stored);
+
+    let statuses = proxy.of(Exchange::Status);
+    assert_eq!(statuses.len(), 2, "{statuses:#?}");
+    let stub = statuses[1]
+        .finalized()
+        .expect("the emulator finalized the stub");
+    assert_eq!(stub["size"], "0");
+    assert_eq!(proxy.of(Exchange::Start).len(), 2);
+    let mut expected = vec![chunk_ranges(BIG, 8 * MIB)[0].clone()];
+    expected.extend(chunk_ranges(BIG, 8 * MIB));
+    assert_eq!(proxy.data_ranges(), expected);
+}
+
+/// A session that answers 404 is gone (expired, or ended by the server): a new session sends
+/// the file again from byte 0.
+#[test]
+fn a_session_that_answers_404_is_replaced_by_a_new_one() {
+    let rules = vec![Rule::nth(Exchange::Data, 2, Fault::Status(404))];
+    let (gcs, proxy) = emulator_behind_proxy("gone", rules);
+    let data = scrambled(BIG);
+    let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
+    let key = "renders/gone000000/out.mp4";
+    let stored = put_file(&store, "gone", key, &data).expect("the upload survives");
+    assert_uploaded_exactly(&gcs, &proxy, "gone", key, &data, &stored);
+
+    assert_eq!(proxy.of(Exchange::Start).len(), 2);
+    assert!(
+        proxy.of(Exchange::Status).is_empty(),
+        "a lost session is not asked"
     );
+    let all = chunk_ranges(BIG, 8 * MIB);
+    let mut expected = all[..2].to_vec();
+    expected.extend(all);
+    assert_eq!(proxy.data_ranges(), expected);
+}
+
+/// A chunk whose connection stalls is given up on at the exchange deadline; the proxy holds
+/// it until the client closes it, so nothing here depends on how fast anything is.
+#[test]
+fn a_stalled_chunk_is_given_up_at_the_deadline_and_the_upload_completes() {
+    let rules = vec![Rule::nth(Exchange::Data, 2, Fault::Stall)];
+    let (gcs, proxy) = emulator_behind_proxy("stall", rules);
+    let data = scrambled(3 * MIB + 5);
+    // A short deadline, and attempts to spare: an exchange that is merely slow on a loaded
+    // machine costs a retry, not the test.
+    let policy = RetryPolicy {
+        attempts: 8,
+        attempt_timeout: Duration::from_secs(3),
+        ..quick_policy()
+    };
+    let store = GcsStore::emulator(&proxy.url)
+        .with_policy(policy)
+        .with_chunk_size(MIB);
+    let key = "renders/stall00000/out.mp4";
+    let stored = put_file(&store, "stall", key, &data).expect("the upload survives");
+    assert_uploaded_exactly(&gcs, &proxy, "stall", key, &data, &stored);
+
+    let stalled = &proxy.of(Exchange::Data)[1];
+    assert_eq!(stalled.fault, Some(Fault::Stall));
+    assert!(
+        stalled.client_gave_up,
+        "the client closed the stalled exchange"
+    );
+    assert!(
+        !proxy.of(Exchange::Status).is_empty(),
+        "the session was asked how far it got"
+    );
+}
+
+/// The last chunk went through, but its answer broke off: the session is asked again for the
+/// object. (GCS answers with it; fake-gcs-server forgets a finalized session and answers 404,
+/// so here the upload starts over and its object replaces the one the client never saw.)
+#[test]
+fn a_final_answer_that_breaks_off_is_asked_for_again() {
+    let rules = vec![Rule::nth(Exchange::Data, 1, Fault::ResetMidAnswer)];
+    let (gcs, proxy) = emulator_behind_proxy("answer", rules);
+    let data = scrambled(300 * 1024);
+    let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
+    let key = "renders/answer0000/out.mp4";
+    let stored = put_file(&store, "answer", key, &data).expect("the upload survives");
+    assert_uploaded_exactly(&gcs, &proxy, "answer", key, &data, &stored);
+    let statuses = proxy.of(Exchange::Status);
+    assert_eq!(statuses.len(), 1, "{statuses:#?}");
+    assert_eq!(statuses[0].upstream.as_ref().map(|u| u.0), Some(404));
+    assert_eq!(proxy.of(Exchange::Start).len(), 2);
 }
 
 #[test]
 fn an_upload_that_keeps_failing_leaves_no_object() {
-    let faults = Faults {
-        failed_chunks_from: 2,
-        ..Faults::default()
-    };
-    let (gcs, proxy) = emulator_behind_proxy("flaky", faults);
+    let rules = vec![Rule::every(Exchange::Data, Fault::Status(503))];
+    let (gcs, proxy) = emulator_behind_proxy("flaky", rules);
     let store = GcsStore::emulator(&proxy.url)
         .with_policy(quick_policy())
         .with_chunk_size(256 * 1024);
-    let data = vec![7u8; 1024 * 1024];
+    let data = vec![7u8; MIB];
     let key = "renders/flaky00000/out.mp4";
     let result =
         runtime().block_on(store.put("flaky", key, Source::Bytes(data.into()), &video_options()));
     let error = result.expect_err("the upload must fail");
     eprintln!("{error}");
     assert!(gcs.object("flaky", key).is_none(), "no object at the key");
-    assert!(gcs.keys("flaky", "").is_empty());
-    let seen = proxy.seen();
+    assert!(gcs.generations("flaky").is_empty());
     assert!(
-        seen.iter()
-            .any(|(_, _, r)| r.as_deref() == Some("bytes */1048576")),
-        "the upload asked the session how far it got: {seen:?}"
+        proxy
+            .of(Exchange::Status)
+            .iter()
+            .any(|s| s.content_range.as_deref() == Some("bytes */1048576")),
+        "the upload asked the session how far it got: {:#?}",
+        proxy.seen()
     );
+    assert_mistakes_deleted(&proxy, &Value::from("none"));
 }
 
 fn quick_policy() -> RetryPolicy {
     RetryPolicy {
-        attempts: 3,
+        attempts: 5,
         first_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        attempt_timeout: Duration::from_secs(10),
+        attempt_timeout: Duration::from_secs(60),
+        give_up_after: Duration::from_secs(300),
     }
 }
 
 #[test]
 fn a_transient_failure_to_start_is_retried() {
-    let faults = Faults {
-        failed_starts: 1,
-        ..Faults::default()
-    };
-    let (gcs, proxy) = emulator_behind_proxy("retry", faults);
+    let rules = vec![Rule::nth(Exchange::Start, 1, Fault::Status(503))];
+    let (gcs, proxy) = emulator_behind_proxy("retry", rules);
     let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
     let key = "renders/retry00000/error.txt";
     let stored = runtime()
@@ -551,12 +607,7 @@ fn a_transient_failure_to_start_is_retried() {
         .expect("the second attempt goes through");
     assert_eq!(stored.size, 2);
     assert_eq!(gcs.download("retry", key), b"{}");
-    let starts = proxy
-        .seen()
-        .iter()
-        .filter(|(m, p, _)| m == "POST" && p.contains("uploadType=resumable"))
-        .count();
-    assert_eq!(starts, 2);
+    assert_eq!(proxy.of(Exchange::Start).len(), 2);
 }
 
 #[test]
@@ -582,4 +633,114 @@ fn a_misconfiguration_fails_fast_instead_of_hanging() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The service storing through `proxy`, with its temporary files in `tmp`, and what the client
+/// read of a render of the first `frames` frames of `Frames` to `bucket` as render `id`.
+fn render_through(
+    proxy: &FaultProxy,
+    tmp: &std::path::Path,
+    bucket: &str,
+    id: &str,
+    frames: u32,
+) -> (Service, ClientRead) {
+    let service = Service::start_with(
+        &[
+            ("STORAGE_EMULATOR_HOST", proxy.url.as_str()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ],
+        false,
+    );
+    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
+    payload["frameRange"] = json!([0, frames - 1]);
+    payload["outputBucket"] = json!(bucket);
+    payload["renderIdOverride"] = json!(id);
+    let read = post_like_client(&service.url, &payload);
+    (service, read)
+}
+
+/// The schedule end to end: the render's upload breaks mid-chunk, the status query
+/// gets a 503, the emulator finalizes an empty object. The client still gets its render.
+#[test]
+fn a_render_whose_upload_connection_breaks_still_succeeds() {
+    let rules = vec![
+        Rule::nth(Exchange::Data, 1, Fault::ResetMidRequest),
+        Rule::nth(Exchange::Status, 1, Fault::Status(503)),
+    ];
+    let (gcs, proxy) = emulator_behind_proxy("broken-net", rules);
+    let tmp = tempfile::tempdir().unwrap();
+    let (service, read) = render_through(&proxy, tmp.path(), "broken-net", "brokennet1", 30);
+    assert!(read.error.is_none(), "{:?}", read.error);
+    let response = read.response.expect("a final response");
+    assert_eq!(response["type"], "success");
+
+    let key = "renders/brokennet1/out.mp4";
+    let object = gcs.object("broken-net", key).expect("the output object");
+    assert_eq!(response["size"], object["size"]);
+    let bytes = gcs.download("broken-net", key);
+    assert_eq!(object["crc32c"], b64_crc32c(&bytes));
+    let local = tmp.path().join("downloaded.mp4");
+    std::fs::write(&local, &bytes).unwrap();
+    assert_eq!(video_stream(&ffprobe(&local))["nb_read_frames"], "30");
+    std::fs::remove_file(&local).unwrap();
+
+    let generations = gcs.generations("broken-net");
+    assert_eq!(
+        generations.len(),
+        1,
+        "only the render, no error.txt: {generations:#?}"
+    );
+    assert_mistakes_deleted(&proxy, &object["generation"]);
+    assert!(
+        proxy.of(Exchange::Status)[1].finalized().is_some(),
+        "the schedule made the emulator finalize a stub: {:#?}",
+        proxy.seen()
+    );
+    assert_eq!(proxy.of(Exchange::Start).len(), 2);
+    assert!(
+        service.log_text().contains("starting over from byte 0"),
+        "the restart is logged"
+    );
+    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert!(service.stop().success());
+}
+
+/// A storage path that never works: every session start answers 503. The client gets the
+/// StorageError once the retries are spent (about 16 s of backoff, then at most 3 s for
+/// error.txt), error.txt was attempted, nothing is at the key, temp files are gone.
+#[test]
+fn a_storage_path_that_never_works_ends_with_the_storage_error() {
+    let rules = vec![Rule::every(Exchange::Start, Fault::Status(503))];
+    let (gcs, proxy) = emulator_behind_proxy("never", rules);
+    let tmp = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let (service, read) = render_through(&proxy, tmp.path(), "never", "neverworks", 10);
+    let elapsed = started.elapsed();
+    eprintln!("the render with a storage path that never works answered in {elapsed:?}");
+    let error = read.error.expect("the error object");
+    assert!(read.response.is_none());
+    assert_eq!(error["name"], "StorageError", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("renders/neverworks/out.mp4") && message.contains("503"),
+        "{message}"
+    );
+    // Only a hang trips this bound; the expected time is ~20 s.
+    assert!(elapsed < Duration::from_secs(120), "{elapsed:?}");
+
+    let starts = proxy.of(Exchange::Start);
+    let named = |name: &str| {
+        starts
+            .iter()
+            .filter(|s| s.json.as_ref().is_some_and(|j| j["name"] == name))
+            .count()
+    };
+    assert_eq!(named("renders/neverworks/out.mp4"), 6, "{starts:#?}");
+    assert!(
+        named("renders/neverworks/error.txt") >= 1,
+        "error.txt was attempted"
+    );
+    assert!(gcs.generations("never").is_empty());
+    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert!(service.stop().success());
 }

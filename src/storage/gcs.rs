@@ -6,6 +6,11 @@
 //! one chunk. The CRC32C is computed first and declared in the session's metadata: GCS then
 //! refuses to finalize anything else, and we check what it reports once more.
 //!
+//! A transient failure is retried where it happened; a session that can no longer take the
+//! upload (404/410, or an object that does not match) is replaced by a new one from byte 0.
+//! Both draw on one [`RetryPolicy`] budget per upload, so a storage path that never works
+//! ends in bounded time.
+//!
 //! Why not the official `google-cloud-storage`: its HTTP layer sends `Host` without the port
 //! of a custom endpoint (`google-cloud-gax-internal` `host::header` keeps `authority.host()`),
 //! and neither client-wide nor per-request headers can replace it. Emulators build the upload
@@ -14,7 +19,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -37,16 +42,21 @@ pub const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 
 const PRODUCTION_ENDPOINT: &str = "https://storage.googleapis.com";
 
-/// How hard an upload tries before it reports a failure.
+/// How hard an upload tries before it reports a failure. One budget covers the whole upload:
+/// every exchange, and every session started over.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
-    /// Attempts per request, the first one included.
+    /// Failed attempts in a row before the upload gives up (the first one included). Bytes the
+    /// session confirms start a new row. Also the number of sessions one upload may start.
     pub attempts: u32,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
     /// One HTTP exchange, a whole chunk included. A stalled connection fails here and is
     /// retried instead of hanging the render.
     pub attempt_timeout: Duration,
+    /// No retry begins once the upload has run this long, so a storage path that fails slowly
+    /// (every exchange stalling) still ends in bounded time.
+    pub give_up_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -56,6 +66,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             attempt_timeout: Duration::from_secs(120),
+            give_up_after: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -66,6 +77,91 @@ impl RetryPolicy {
         self.first_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+}
+
+/// What one upload has left of its [`RetryPolicy`].
+struct Budget<'a> {
+    policy: &'a RetryPolicy,
+    bucket: &'a str,
+    key: &'a str,
+    started: Instant,
+    /// Failed attempts since the session last confirmed new bytes.
+    failures: u32,
+    /// Sessions started over.
+    restarts: u32,
+}
+
+impl<'a> Budget<'a> {
+    fn new(policy: &'a RetryPolicy, bucket: &'a str, key: &'a str) -> Budget<'a> {
+        Budget {
+            policy,
+            bucket,
+            key,
+            started: Instant::now(),
+            failures: 0,
+            restarts: 0,
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Counts a failed attempt: the wait before the next one, or why there is none.
+    fn next_wait(&mut self) -> Result<Duration, String> {
+        self.failures += 1;
+        if self.failures >= self.policy.attempts {
+            return Err(format!("{} attempts in a row failed", self.failures));
+        }
+        let wait = self.policy.backoff(self.failures);
+        let elapsed = self.started.elapsed();
+        if elapsed + wait > self.policy.give_up_after {
+            return Err(format!("gave up after {}s", elapsed.as_secs()));
+        }
+        Ok(wait)
+    }
+
+    /// After a transient failure of `what`: Ok once the backoff is over, or the message the
+    /// upload fails with.
+    async fn failed(
+        &mut self,
+        what: &str,
+        error: &(dyn std::fmt::Display + Sync),
+    ) -> Result<(), String> {
+        let wait = self
+            .next_wait()
+            .map_err(|limit| format!("could not {what} ({limit}): {error}"))?;
+        let (bucket, key, failures) = (self.bucket, self.key, self.failures);
+        tracing::warn!(
+            bucket,
+            key,
+            failures,
+            "could not {what}, retrying in {wait:?}: {error}"
+        );
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// After a session that can no longer take the upload: Ok once the backoff is over and a
+    /// new session may start, or the message the upload fails with.
+    async fn session_lost(&mut self, why: &str) -> Result<(), String> {
+        self.restarts += 1;
+        let wait = if self.restarts >= self.policy.attempts {
+            Err(format!("{} sessions lost", self.restarts))
+        } else {
+            self.next_wait()
+        };
+        let wait = wait.map_err(|limit| format!("the upload session was lost ({limit}): {why}"))?;
+        let (bucket, key, restarts) = (self.bucket, self.key, self.restarts);
+        tracing::warn!(
+            bucket,
+            key,
+            restarts,
+            "the upload session was lost, starting over from byte 0 in {wait:?}: {why}"
+        );
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 }
 
@@ -255,116 +351,162 @@ impl GcsStore {
             crc32c: Some(crc_b64.clone()),
             ..Default::default()
         }));
-        let session = self
-            .retrying("start the upload", || {
-                self.client.prepare_resumable_upload(&request, &metadata)
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-
-        let object = self
-            .send_chunks(&session, &mut reader, size)
-            .await
-            .map_err(fail)?;
-
-        // Only a broken emulator finalizes a short upload (fake-gcs-server does so on a status
-        // query), but then nothing incomplete may stay at the key.
-        if object.size as u64 != size || object.crc32c.as_deref() != Some(crc_b64.as_str()) {
-            let delete = DeleteObjectRequest {
-                bucket: bucket.into(),
-                object: key.into(),
-                generation: Some(object.generation),
-                ..Default::default()
+        let mut budget = Budget::new(&self.policy, bucket, key);
+        loop {
+            let session = self
+                .retrying(&mut budget, "start the upload", || {
+                    self.client.prepare_resumable_upload(&request, &metadata)
+                })
+                .await
+                .map_err(fail)?;
+            let lost = match self
+                .send_session(&session, &mut reader, size, &mut budget)
+                .await
+            {
+                Ok(object)
+                    if object.size as u64 == size
+                        && object.crc32c.as_deref() == Some(crc_b64.as_str()) =>
+                {
+                    return Ok(StoredObject {
+                        bucket: bucket.into(),
+                        key: key.into(),
+                        size: object.size as u64,
+                        public_url: Some(super::public_url(bucket, key)),
+                        cloud_storage_uri: format!("gs://{bucket}/{key}"),
+                    });
+                }
+                // GCS refuses to finalize bytes that do not match the declared CRC32C, but
+                // fake-gcs-server finalizes whatever it has when asked for a session's status.
+                // Nothing incomplete may stay at the key.
+                Ok(object) => {
+                    self.delete_generation(bucket, key, object.generation, &mut budget)
+                        .await
+                        .map_err(fail)?;
+                    format!(
+                        "it finalized an object that does not match what was sent: {} bytes, crc32c {}; sent {size} bytes, crc32c {crc_b64}",
+                        object.size,
+                        object.crc32c.as_deref().unwrap_or("none")
+                    )
+                }
+                Err(SessionEnd::Lost(why)) => why,
+                Err(SessionEnd::Failed(message)) => return Err(fail(message)),
             };
-            if let Err(e) = self.attempt(self.client.delete_object(&delete)).await {
-                tracing::error!(bucket, key, "could not remove a corrupt upload: {e}");
-            }
-            return Err(fail(format!(
-                "the stored object does not match what was sent: {} bytes, crc32c {:?}; sent {size} bytes, crc32c {crc_b64}",
-                object.size, object.crc32c
-            )));
+            budget.session_lost(&lost).await.map_err(fail)?;
         }
-        Ok(StoredObject {
-            bucket: bucket.into(),
-            key: key.into(),
-            size: object.size as u64,
-            public_url: Some(super::public_url(bucket, key)),
-            cloud_storage_uri: format!("gs://{bucket}/{key}"),
-        })
     }
 
-    /// Sends the file chunk by chunk. After a transient failure it asks the session how much it
-    /// has and goes on from there; the failure budget is per stretch without progress.
-    async fn send_chunks(
+    /// Sends the file through one session, chunk by chunk. After a transient failure it asks
+    /// the session how much it has and goes on from there.
+    async fn send_session(
         &self,
         session: &ResumableUploadClient,
         reader: &mut Reader,
         size: u64,
-    ) -> Result<Object, String> {
+        budget: &mut Budget<'_>,
+    ) -> Result<Object, SessionEnd> {
         let mut offset = 0u64;
-        let mut failures_here = 0u32;
+        let mut ask_status = false;
         loop {
-            let len = self.chunk_size.min((size - offset) as usize);
-            let chunk = reader
-                .read(offset, len)
-                .await
-                .map_err(|e| format!("cannot read the file at {offset}: {e}"))?;
-            // An empty object is finalized by `bytes */0`, which ChunkSize writes when the
-            // first byte equals the total.
-            let range = ChunkSize::new(offset, (offset + len as u64).max(1) - 1, Some(size));
-            let status = match self
-                .attempt(session.upload_multiple_chunk(chunk, &range))
-                .await
-            {
-                Ok(status) => status,
-                Err(e) if e.is_transient() && failures_here + 1 < self.policy.attempts => {
-                    failures_here += 1;
-                    tracing::warn!(
-                        offset,
-                        failures_here,
-                        "an upload chunk failed, resuming: {e}"
-                    );
-                    tokio::time::sleep(self.policy.backoff(failures_here)).await;
-                    self.retrying("ask the upload session how far it got", || {
-                        session.status(Some(size))
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                }
-                Err(e) => return Err(e.to_string()),
+            let (what, answer) = if ask_status {
+                let what = "ask the upload session how far it got";
+                (what, self.attempt(session.status(Some(size))).await)
+            } else {
+                let len = self.chunk_size.min((size - offset) as usize);
+                let chunk = reader.read(offset, len).await.map_err(|e| {
+                    SessionEnd::Failed(format!("cannot read the file at {offset}: {e}"))
+                })?;
+                // An empty object is finalized by `bytes */0`, which ChunkSize writes when the
+                // first byte equals the total.
+                let range = ChunkSize::new(offset, (offset + len as u64).max(1) - 1, Some(size));
+                let answer = self
+                    .attempt(session.upload_multiple_chunk(chunk, &range))
+                    .await;
+                ("send a chunk", answer)
             };
-            let before = offset;
-            match status {
-                UploadStatus::Ok(object) => return Ok(object),
-                UploadStatus::NotStarted => offset = 0,
-                UploadStatus::ResumeIncomplete(range) => offset = range.last_byte + 1,
+            let confirmed = match answer {
+                Ok(UploadStatus::Ok(object)) => return Ok(object),
+                Ok(UploadStatus::NotStarted) => 0,
+                Ok(UploadStatus::ResumeIncomplete(range)) => range.last_byte + 1,
+                Err(e) if e.session_gone() => {
+                    return Err(SessionEnd::Lost(format!("{what}: {e}")));
+                }
+                Err(e) if e.is_transient() => {
+                    budget.failed(what, &e).await.map_err(SessionEnd::Failed)?;
+                    ask_status = true;
+                    continue;
+                }
+                Err(e) => return Err(SessionEnd::Failed(format!("could not {what}: {e}"))),
+            };
+            if confirmed >= size {
+                return Err(SessionEnd::Lost(format!(
+                    "it has all {size} bytes but did not finalize the object"
+                )));
             }
-            if offset > before {
-                failures_here = 0;
+            if confirmed > offset {
+                budget.progressed();
+            } else if !ask_status {
+                // A chunk the session did not take counts as a failed attempt, so a session
+                // that never takes anything cannot keep the upload going.
+                budget
+                    .failed(what, &format!("the session kept {confirmed} bytes"))
+                    .await
+                    .map_err(SessionEnd::Failed)?;
             }
-            if offset >= size {
-                return Err(format!(
-                    "the server has all {size} bytes but did not finalize the object"
-                ));
+            offset = confirmed;
+            ask_status = false;
+        }
+    }
+
+    /// Removes the object a session finalized by mistake. Its generation only: a newer
+    /// upload to the same key stays.
+    async fn delete_generation(
+        &self,
+        bucket: &str,
+        key: &str,
+        generation: i64,
+        budget: &mut Budget<'_>,
+    ) -> Result<(), String> {
+        let request = DeleteObjectRequest {
+            bucket: bucket.into(),
+            object: key.into(),
+            generation: Some(generation),
+            ..Default::default()
+        };
+        let deleted = self
+            .retrying(budget, "remove an object that does not match", || async {
+                match self.client.delete_object(&request).await {
+                    Err(e) if status_of(&e) == Some(404) => Ok(()),
+                    other => other,
+                }
+            })
+            .await;
+        match deleted {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::error!(bucket, key, generation, "{e}");
+                Err(format!(
+                    "{e}; a wrong object may be left at generation {generation}"
+                ))
             }
         }
     }
 
     /// `op` under the attempt deadline, retried with backoff while it fails transiently.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Failure>
+    async fn retrying<T, F, Fut>(
+        &self,
+        budget: &mut Budget<'_>,
+        what: &str,
+        mut op: F,
+    ) -> Result<T, String>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, GcsError>>,
     {
-        let mut failures = 0;
         loop {
             match self.attempt(op()).await {
-                Err(e) if e.is_transient() && failures + 1 < self.policy.attempts => {
-                    failures += 1;
-                    tracing::warn!(failures, "could not {what}, retrying: {e}");
-                    tokio::time::sleep(self.policy.backoff(failures)).await;
-                }
-                other => return other,
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transient() => budget.failed(what, &e).await?,
+                Err(e) => return Err(format!("could not {what}: {e}")),
             }
         }
     }
@@ -374,37 +516,94 @@ impl GcsStore {
         op: impl Future<Output = Result<T, GcsError>>,
     ) -> Result<T, Failure> {
         match tokio::time::timeout(self.policy.attempt_timeout, op).await {
-            Ok(r) => r.map_err(Failure::Gcs),
+            Ok(r) => r.map_err(Failure::from),
             Err(_) => Err(Failure::Stalled(self.policy.attempt_timeout)),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Why a session did not produce the object.
+enum SessionEnd {
+    /// The session can no longer take the upload; a new one may.
+    Lost(String),
+    /// Retrying would not help, or the budget is spent.
+    Failed(String),
+}
+
+#[derive(Debug)]
 enum Failure {
-    #[error(transparent)]
     Gcs(GcsError),
-    #[error("no answer within {0:?}")]
     Stalled(Duration),
 }
 
-impl Failure {
-    /// The retry strategy GCS documents: 408, 429, 5xx, and connections that broke or stalled.
-    fn is_transient(&self) -> bool {
-        let e = match self {
-            Failure::Stalled(_) => return true,
-            Failure::Gcs(e) => e,
-        };
-        match e {
-            GcsError::Response(r) => r.is_retriable(),
-            GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => match e.status() {
-                Some(s) => matches!(s.as_u16(), 408 | 429 | 500..=599),
-                None => e.is_connect() || e.is_timeout() || e.is_request() || e.is_body(),
-            },
-            GcsError::HttpMiddleware(_)
-            | GcsError::TokenSource(_)
-            | GcsError::InvalidRangeHeader(_) => false,
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // GCS's own message does not say its status, which tells transient from not.
+            Failure::Gcs(GcsError::Response(r)) => write!(f, "HTTP {}: {}", r.code, r.message),
+            Failure::Gcs(e) => {
+                // reqwest's own message is often just "error sending request"; the cause
+                // (a reset connection, a refused connect) is further down.
+                write!(f, "{e}")?;
+                let mut source = std::error::Error::source(e);
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
+                Ok(())
+            }
+            Failure::Stalled(limit) => write!(f, "no answer within {limit:?}"),
         }
+    }
+}
+
+impl From<GcsError> for Failure {
+    /// A session's URL is all it takes to write to the session: it stays out of messages
+    /// and logs.
+    fn from(e: GcsError) -> Failure {
+        Failure::Gcs(match e {
+            GcsError::HttpClient(e) => GcsError::HttpClient(e.without_url()),
+            GcsError::RawResponse(e, body) => GcsError::RawResponse(e.without_url(), body),
+            other => other,
+        })
+    }
+}
+
+fn status_of(e: &GcsError) -> Option<u16> {
+    match e {
+        GcsError::Response(r) => Some(r.code),
+        GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    }
+}
+
+impl Failure {
+    fn status(&self) -> Option<u16> {
+        match self {
+            Failure::Gcs(e) => status_of(e),
+            Failure::Stalled(_) => None,
+        }
+    }
+
+    /// The retry strategy GCS documents: 408, 429, 5xx, and connections that broke or stalled,
+    /// before or while the answer was read.
+    fn is_transient(&self) -> bool {
+        if let Some(status) = self.status() {
+            return matches!(status, 408 | 429 | 500..=599);
+        }
+        match self {
+            Failure::Stalled(_) => true,
+            Failure::Gcs(GcsError::HttpClient(e) | GcsError::RawResponse(e, _)) => {
+                e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode()
+            }
+            Failure::Gcs(_) => false,
+        }
+    }
+
+    /// On a session's URL, 404 and 410 say that the session is over (expired, or failed on
+    /// the server's side); GCS's remedy is a new session from the start.
+    fn session_gone(&self) -> bool {
+        matches!(self.status(), Some(404 | 410))
     }
 }
 
@@ -458,10 +657,81 @@ mod tests {
             attempts: 10,
             first_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(3),
-            attempt_timeout: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         let waits: Vec<_> = (1..=5).map(|n| p.backoff(n).as_millis()).collect();
         assert_eq!(waits, [500, 1000, 2000, 3000, 3000]);
+    }
+
+    fn three_attempts() -> RetryPolicy {
+        RetryPolicy {
+            attempts: 3,
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[test]
+    fn a_budget_allows_failures_in_a_row_and_progress_starts_a_new_row() {
+        let p = three_attempts();
+        let mut b = Budget::new(&p, "b", "k");
+        assert_eq!(b.next_wait(), Ok(Duration::from_millis(500)));
+        assert_eq!(b.next_wait(), Ok(Duration::from_secs(1)));
+        assert_eq!(b.next_wait(), Err("3 attempts in a row failed".into()));
+
+        let mut b = Budget::new(&p, "b", "k");
+        for _ in 0..5 {
+            assert!(b.next_wait().is_ok());
+            assert!(b.next_wait().is_ok());
+            b.progressed();
+        }
+    }
+
+    #[test]
+    fn no_retry_begins_after_the_time_limit() {
+        let p = RetryPolicy {
+            give_up_after: Duration::from_secs(60),
+            ..RetryPolicy::default()
+        };
+        let mut b = Budget::new(&p, "b", "k");
+        assert!(b.next_wait().is_ok());
+        b.started = Instant::now() - Duration::from_secs(61);
+        let e = b.next_wait().unwrap_err();
+        assert!(e.starts_with("gave up after 6"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lost_sessions_are_bounded_even_when_each_made_progress() {
+        let p = three_attempts();
+        let mut b = Budget::new(&p, "b", "k");
+        assert_eq!(b.session_lost("first").await, Ok(()));
+        b.progressed();
+        assert_eq!(b.session_lost("second").await, Ok(()));
+        b.progressed();
+        let e = b.session_lost("third").await.unwrap_err();
+        assert_eq!(e, "the upload session was lost (3 sessions lost): third");
+        // A lost session counts in the row of failures too.
+        let mut b = Budget::new(&p, "b", "k");
+        assert!(b.next_wait().is_ok());
+        assert!(b.session_lost("after a failure").await.is_ok());
+        assert!(b.next_wait().is_err());
+    }
+
+    #[test]
+    fn which_failures_are_retried_and_which_end_a_session() {
+        let answer = |code: u16| {
+            let body = serde_json::json!({"code": code, "errors": [], "message": "m"});
+            Failure::Gcs(GcsError::Response(serde_json::from_value(body).unwrap()))
+        };
+        for code in [408, 429, 500, 503] {
+            assert!(answer(code).is_transient(), "{code}");
+            assert!(!answer(code).session_gone(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 410, 412] {
+            assert!(!answer(code).is_transient(), "{code}");
+        }
+        assert!(answer(404).session_gone() && answer(410).session_gone());
+        assert!(Failure::Stalled(Duration::from_secs(1)).is_transient());
+        assert_eq!(answer(503).to_string(), "HTTP 503: m");
     }
 
     #[test]
