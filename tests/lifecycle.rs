@@ -4,6 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::crash::group_members;
 use common::*;
 use serde_json::json;
 
@@ -25,30 +26,6 @@ fn children(pid: u32) -> Vec<(u32, String)> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             out.push((child, exe));
-        }
-    }
-    out
-}
-
-/// Live processes in process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        let (state, group) = (fields[0], fields[2].parse::<u32>().unwrap());
-        if group == pgid && state != "Z" {
-            out.push(pid);
         }
     }
     out

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::BrowserError;
-use super::tab::{COMMAND_DEADLINE, Tab, with_deadline};
+use super::tab::{COMMAND_DEADLINE, Tab};
 use crate::options::LogLevel;
 
 /// The only bundle format we speak (Remotion 4.0.200 and later).
@@ -227,12 +227,7 @@ async fn navigate(tab: &Tab, setup: &PageSetup) -> Result<(), BrowserError> {
     tab.clear_failure();
     let url = &setup.url;
     let during = "loading the serve URL";
-    let mut loaded = with_deadline(
-        during,
-        COMMAND_DEADLINE,
-        tab_event_listener::<EventLoadEventFired>(tab),
-    )
-    .await?;
+    let mut loaded = tab.subscribe::<EventLoadEventFired>(during).await?;
     let nav = tab.call(during, NavigateParams::new(url.clone())).await?;
     if let Some(error) = nav.error_text.filter(|e| !e.is_empty()) {
         return Err(BrowserError::Navigation {
@@ -244,7 +239,7 @@ async fn navigate(tab: &Tab, setup: &PageSetup) -> Result<(), BrowserError> {
         loaded.next().await;
         Ok::<(), BrowserError>(())
     };
-    match tokio::time::timeout(setup.timeout, tab.guarded(wait)).await {
+    match tokio::time::timeout(setup.timeout, tab.guarded(during, wait)).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(BrowserError::Deadline {
@@ -295,12 +290,6 @@ async fn navigate(tab: &Tab, setup: &PageSetup) -> Result<(), BrowserError> {
         None => tracing::warn!("the site does not say which Remotion version built it"),
     }
     Ok(())
-}
-
-async fn tab_event_listener<T: chromiumoxide::cdp::IntoEventKind + Unpin + 'static>(
-    tab: &Tab,
-) -> chromiumoxide::Result<chromiumoxide::listeners::EventStream<T>> {
-    tab.page().event_listener::<T>().await
 }
 
 /// Polls the page until it is ready or cancelled, the way the renderer's waitForFunction does:

@@ -14,9 +14,21 @@ pub enum BrowserError {
     #[error("Timed out after {}ms while {during}", after.as_millis())]
     Deadline { during: String, after: Duration },
 
-    /// The tab's renderer process crashed, or the tab or browser went away.
+    /// The tab's renderer process crashed, or the tab went away.
     #[error("Target closed: {0}")]
     TargetClosed(String),
+
+    /// The browser process died or our connection to it closed: every call into it failed
+    /// at once. `retried_frame` is set when the frame had already been retried after a crash.
+    #[error(
+        "The browser crashed while {during} ({cause}){}",
+        retried_frame.map(|f| format!(". Frame {f} had already been retried in a new browser after a crash, so the render gives up")).unwrap_or_default()
+    )]
+    BrowserCrashed {
+        during: String,
+        cause: String,
+        retried_frame: Option<u64>,
+    },
 
     /// An exception the page did not catch; it fails the render.
     #[error("{message}")]
@@ -95,6 +107,7 @@ impl BrowserError {
             BrowserError::Cancelled { .. } => "CancelledError",
             BrowserError::ReadyTimeout { .. } | BrowserError::Deadline { .. } => "TimeoutError",
             BrowserError::TargetClosed(_) => "TargetCloseError",
+            BrowserError::BrowserCrashed { .. } => "BrowserCrashedError",
             _ => "Error",
         }
     }
@@ -124,6 +137,21 @@ impl BrowserError {
 
     /// The tab or the browser died: a replacement may well succeed.
     pub fn is_crash(&self) -> bool {
-        matches!(self, BrowserError::TargetClosed(_))
+        matches!(
+            self,
+            BrowserError::TargetClosed(_) | BrowserError::BrowserCrashed { .. }
+        )
+    }
+
+    /// The error a frame fails with when its crash retries are used up.
+    pub(super) fn after_crash_retries(self, frame: u64) -> Self {
+        match self {
+            BrowserError::BrowserCrashed { during, cause, .. } => BrowserError::BrowserCrashed {
+                during,
+                cause,
+                retried_frame: Some(frame),
+            },
+            other => other,
+        }
     }
 }

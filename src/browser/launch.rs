@@ -10,7 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::options::{ChromiumOptions, GlRenderer};
@@ -283,7 +283,10 @@ pub fn flags(kind: BrowserKind, options: &LaunchOptions, user_data_dir: &Path) -
 
 /// A running Chromium. Dropping it kills the browser and every process it started.
 pub struct ChromiumProcess {
-    child: Mutex<Child>,
+    /// `None` once reaped. Only a holder of the lock reaps, and only after signalling the
+    /// process group: while the browser is unreaped, its PID (the group's ID) cannot be
+    /// reused, so the signal never reaches a stranger.
+    child: Arc<Mutex<Option<Child>>>,
     pgid: i32,
     pub websocket_url: String,
     _user_data_dir: tempfile::TempDir,
@@ -299,10 +302,13 @@ impl std::fmt::Debug for ChromiumProcess {
 
 impl ChromiumProcess {
     /// Starts Chromium and waits (up to `timeout`) for its DevTools websocket address.
+    /// `on_exit` is called, from a thread of its own, as soon as the browser process ends,
+    /// with what ended it; by then its group (renderers, GPU process) has been killed too.
     pub fn spawn(
         exe: &Executable,
         options: &LaunchOptions,
         timeout: Duration,
+        on_exit: impl FnOnce(String) + Send + 'static,
     ) -> Result<ChromiumProcess, BrowserError> {
         let user_data_dir = tempfile::Builder::new()
             .prefix("cloudrun-render-chromium-")
@@ -364,11 +370,13 @@ impl ChromiumProcess {
             .map_err(|e| BrowserError::Launch(e.to_string()))?;
 
         let mut process = ChromiumProcess {
-            child: Mutex::new(child),
+            child: Arc::new(Mutex::new(Some(child))),
             pgid,
             websocket_url: String::new(),
             _user_data_dir: user_data_dir,
         };
+        watch_exit(process.child.clone(), pgid, on_exit)
+            .map_err(|e| BrowserError::Launch(e.to_string()))?;
         match rx.recv_timeout(timeout) {
             Ok(Ok(url)) => {
                 process.websocket_url = url;
@@ -388,21 +396,69 @@ impl ChromiumProcess {
         self.pgid as u32
     }
 
-    /// Whether the main browser process is still running.
-    pub fn is_running(&self) -> bool {
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        matches!(child.try_wait(), Ok(None))
-    }
-
     fn kill(&self) {
-        // SAFETY: plain syscall on a process group we created.
-        unsafe {
-            libc::killpg(self.pgid, libc::SIGKILL);
+        let mut slot = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut child) = slot.take() {
+            kill_group(self.pgid);
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+fn kill_group(pgid: i32) {
+    // SAFETY: plain syscall on a process group we created, whose leader is not reaped yet.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+/// Waits, on a thread of its own, for the browser process to end, then kills what is left of
+/// its group, reaps it and reports what ended it. Ends when the browser does, at the latest
+/// when its `ChromiumProcess` is dropped.
+fn watch_exit(
+    child: Arc<Mutex<Option<Child>>>,
+    pid: i32,
+    on_exit: impl FnOnce(String) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("chromium-exit".into())
+        .spawn(move || {
+            // WNOWAIT: wait for the exit without reaping, so the PID stays ours (see `child`).
+            loop {
+                // SAFETY: waitid fills the zeroed siginfo_t we own.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        pid as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0
+                    || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    break;
+                }
+            }
+            let mut slot = child.lock().unwrap_or_else(|e| e.into_inner());
+            let cause = match slot.take() {
+                Some(mut child) => {
+                    kill_group(pid);
+                    let cause = match child.wait() {
+                        Ok(status) => format!("its process ended: {status}"),
+                        Err(e) => format!("its process ended: {e}"),
+                    };
+                    tracing::warn!(pid, "the browser died: {cause}");
+                    cause
+                }
+                None => "it was stopped".to_string(),
+            };
+            drop(slot);
+            on_exit(cause);
+        })
+        .map(drop)
 }
 
 impl Drop for ChromiumProcess {

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use chromiumoxide::cdp::browser_protocol::network::{BlockPattern, SetBlockedUrLsParams};
 use chromiumoxide::cdp::browser_protocol::target::{CreateTargetParams, GetTargetsParams};
+use chromiumoxide::error::CdpError;
 use chromiumoxide::handler::HandlerConfig;
 use futures::StreamExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 pub use crate::guard::PageGuard;
 pub use contract::{CaptureFormat, CompositionInfo, CompositionMode, PageSetup, PageViewport};
@@ -26,15 +27,19 @@ pub use launch::{BrowserKind, Executable, LaunchOptions};
 pub use tab::Tab;
 
 use launch::ChromiumProcess;
-use tab::{COMMAND_DEADLINE, with_deadline};
+use tab::{COMMAND_DEADLINE, Lifeline, cdp_call, with_deadline};
 
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a lost connection waits for the process's exit before it is the crash's cause.
+const EXIT_AFTER_DISCONNECT: Duration = Duration::from_secs(2);
 
 /// One running Chromium and our CDP connection to it.
 struct Instance {
     process: ChromiumProcess,
     cdp: Arc<chromiumoxide::Browser>,
     handler: tokio::task::JoinHandle<()>,
+    /// Tripped when the process exits or the connection ends; every tab's calls race it.
+    lifeline: Lifeline,
     generation: u64,
 }
 
@@ -44,10 +49,14 @@ impl Instance {
         options: &LaunchOptions,
         generation: u64,
     ) -> Result<Instance, BrowserError> {
+        let lifeline = Lifeline::default();
         let exe2 = exe.clone();
         let opts = options.clone();
+        let exited = lifeline.clone();
         let process = tokio::task::spawn_blocking(move || {
-            ChromiumProcess::spawn(&exe2, &opts, LAUNCH_TIMEOUT)
+            ChromiumProcess::spawn(&exe2, &opts, LAUNCH_TIMEOUT, move |cause| {
+                exited.trip(cause)
+            })
         })
         .await
         .map_err(|e| BrowserError::Launch(e.to_string()))??;
@@ -65,25 +74,40 @@ impl Instance {
             chromiumoxide::Browser::connect_with_config(process.websocket_url.clone(), config),
         )
         .await?;
+        let closed = lifeline.clone();
         let handler = tokio::spawn(async move {
-            // A message chromiumoxide cannot parse is not a reason to drop the connection.
-            while let Some(event) = handler.next().await {
-                if let Err(e) = event {
-                    tracing::debug!("CDP handler: {e}");
+            let cause = loop {
+                match handler.next().await {
+                    // chromiumoxide's handler does not end when the websocket breaks (it
+                    // reports the error, then waits forever), and its pending calls would
+                    // wait for their deadlines: the connection is gone, say so.
+                    Some(Err(CdpError::Ws(e))) => {
+                        break format!("the DevTools connection broke: {e}");
+                    }
+                    // A message chromiumoxide cannot parse is not a reason to drop it.
+                    Some(Err(e)) => tracing::debug!("CDP handler: {e}"),
+                    Some(Ok(())) => {}
+                    None => break "the DevTools connection closed".to_string(),
                 }
-            }
+            };
+            // A dying process closes its sockets just before it exits, and the exit says
+            // more (a signal: SIGKILL is how the kernel ends a process out of memory), so
+            // give the exit a moment to be the cause.
+            let _ = tokio::time::timeout(EXIT_AFTER_DISCONNECT, closed.tripped()).await;
+            closed.trip(cause);
         });
         tracing::info!(pid = process.pid(), browser = %exe.path.display(), "browser started");
         Ok(Instance {
             process,
             cdp: Arc::new(cdp),
             handler,
+            lifeline,
             generation,
         })
     }
 
     fn is_alive(&self) -> bool {
-        !self.handler.is_finished() && self.process.is_running()
+        !self.lifeline.is_tripped()
     }
 }
 
@@ -113,6 +137,8 @@ pub struct Browser {
     guard: PageGuard,
     current: Mutex<Option<Arc<Instance>>>,
     generations: AtomicU64,
+    /// The PID of the running browser, published as each one starts.
+    started: watch::Sender<Option<u32>>,
 }
 
 impl Browser {
@@ -125,6 +151,7 @@ impl Browser {
             guard,
             current: Mutex::new(None),
             generations: AtomicU64::new(0),
+            started: watch::Sender::new(None),
         };
         browser.instance().await?;
         Ok(browser)
@@ -151,15 +178,23 @@ impl Browser {
         }
         // Drop (and kill) the dead one before starting its replacement.
         *current = None;
+        self.started.send_replace(None);
         let generation = self.generations.fetch_add(1, Ordering::SeqCst) + 1;
         let instance = Arc::new(Instance::start(&self.exe, &self.options, generation).await?);
         *current = Some(instance.clone());
+        self.started.send_replace(Some(instance.process.pid()));
         Ok(instance)
     }
 
     /// The PID of the running browser process (for tests and diagnostics).
     pub async fn pid(&self) -> Option<u32> {
         self.current.lock().await.as_ref().map(|i| i.process.pid())
+    }
+
+    /// The PID of each browser as it starts, `None` between one's death being noticed and
+    /// the next start (for tests and diagnostics).
+    pub fn started(&self) -> watch::Receiver<Option<u32>> {
+        self.started.subscribe()
     }
 
     /// How many browsers this handle has started.
@@ -178,15 +213,19 @@ impl Browser {
             background: (self.exe.kind == BrowserKind::Chromium).then_some(false),
             ..CreateTargetParams::new("about:blank")
         };
-        let page = with_deadline(
-            "opening a tab",
-            COMMAND_DEADLINE,
-            instance.cdp.new_page(params),
-        )
-        .await?;
+        let during = "opening a tab";
+        let page = instance
+            .lifeline
+            .within(
+                during,
+                COMMAND_DEADLINE,
+                cdp_call(during, instance.cdp.new_page(params)),
+            )
+            .await?;
         let tab = Tab::attach(
             page,
             instance.cdp.clone(),
+            instance.lifeline.clone(),
             label.to_string(),
             forward_console,
         )
@@ -199,12 +238,15 @@ impl Browser {
     /// How many page targets are open (for tests and diagnostics).
     pub async fn page_count(&self) -> Result<usize, BrowserError> {
         let instance = self.instance().await?;
-        let targets = with_deadline(
-            "listing targets",
-            COMMAND_DEADLINE,
-            instance.cdp.execute(GetTargetsParams::default()),
-        )
-        .await?;
+        let during = "listing targets";
+        let targets = instance
+            .lifeline
+            .within(
+                during,
+                COMMAND_DEADLINE,
+                cdp_call(during, instance.cdp.execute(GetTargetsParams::default())),
+            )
+            .await?;
         Ok(targets
             .result
             .target_infos
@@ -213,22 +255,21 @@ impl Browser {
             .count())
     }
 
-    /// Kills the browser if it is still the instance `generation`, so the next tab starts a
-    /// fresh one. Used after a crash that took the whole browser.
-    pub async fn replace_if(&self, generation: u64) {
-        let mut current = self.current.lock().await;
-        if current.as_ref().is_some_and(|i| i.generation == generation) {
-            *current = None;
-        }
-    }
-
+    /// The generation of the running browser; `None` if it has died (and not been replaced
+    /// yet), so tabs of a dead browser are never taken for live ones.
     pub async fn current_generation(&self) -> Option<u64> {
-        self.current.lock().await.as_ref().map(|i| i.generation)
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .filter(|i| i.is_alive())
+            .map(|i| i.generation)
     }
 
     /// Stops Chromium and every process it started.
     pub async fn shutdown(&self) {
         // Dropping the instance kills the browser's process group.
         self.current.lock().await.take();
+        self.started.send_replace(None);
     }
 }

@@ -5,10 +5,15 @@
 //! frame a worker needs a permit from the caller's semaphore; the permit travels with the
 //! captured frame and is released when the consumer is done with it. That bounds memory
 //! whatever the frame count, and cannot deadlock: the lowest frame in flight always holds one.
+//!
+//! A crash, of the tab's renderer or of the whole browser, fails the tab's pending calls at
+//! once; the worker retries its frame on a new tab (in a new browser if the old one died,
+//! which [`Browser::new_tab`] starts). Frames already sent stay sent, so the render goes on
+//! from where each worker was, with the frame that was in the crash tried again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -21,7 +26,8 @@ use crate::timing::Elapsed;
 
 /// A page-side delayRender retry may ask for a fresh tab this many times per frame at most.
 const MAX_PAGE_RETRIES: u32 = 10;
-/// A crashed tab or browser is replaced, and the frame retried, once.
+/// A crashed tab or browser is replaced, and the frame retried, once: a browser that keeps
+/// dying fails the render after its second death instead of going round in circles.
 const MAX_CRASH_RETRIES: u32 = 1;
 
 #[derive(Debug, Clone)]
@@ -138,7 +144,19 @@ impl Worker {
         let timings = &self.job.timings;
         let first = self.job.frames.get(self.index).copied().unwrap_or(0);
         let opening = Instant::now();
-        let mut tab = Some(self.open_tab(first).await?);
+        let mut tab = match self.open_tab(first).await {
+            Ok(tab) => Some(tab),
+            // The browser died before this worker took a frame: its first frame opens a new
+            // tab, in a new browser, under that frame's crash budget.
+            Err(e) if e.is_crash() => {
+                tracing::warn!(
+                    tab = self.index,
+                    "{e}; opening a new tab for the first frame"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
         timings.opening_tabs.add_since(opening);
         loop {
             let waiting = Instant::now();
@@ -215,9 +233,12 @@ impl Worker {
         let mut page_retries = 0;
         let mut crash_retries = 0;
         loop {
-            let result = match tab.as_ref() {
+            let result = match tab {
                 Some(t) => self.capture_one(t, frame, attempt).await,
-                None => Err(BrowserError::TargetClosed("no tab".into())),
+                None => match self.open_tab(frame).await {
+                    Ok(t) => self.capture_one(tab.insert(t), frame, attempt).await,
+                    Err(e) => Err(e),
+                },
             };
             let error = match result {
                 Ok(v) => return Ok(v),
@@ -233,7 +254,11 @@ impl Worker {
                 false
             };
             if !retry {
-                return Err(error);
+                return Err(if crash_retries > 0 {
+                    error.after_crash_retries(frame)
+                } else {
+                    error
+                });
             }
             tracing::warn!(
                 tab = self.index,
@@ -244,31 +269,7 @@ impl Worker {
             if let Some(old) = tab.take() {
                 old.close().await;
             }
-            if error.is_crash()
-                && let Some(generation) = self.browser.current_generation().await
-            {
-                // If the whole browser went down, the next tab must come from a new one.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if !self.browser_alive().await {
-                    self.browser.replace_if(generation).await;
-                }
-            }
             attempt += 1;
-            let fresh = self.open_tab(frame).await?;
-            *tab = Some(fresh);
-        }
-    }
-
-    async fn browser_alive(&self) -> bool {
-        // Opening and closing a tab is the cheapest end-to-end check that the browser answers.
-        match tokio::time::timeout(Duration::from_secs(5), self.browser.new_tab("probe", false))
-            .await
-        {
-            Ok(Ok(t)) => {
-                t.close().await;
-                true
-            }
-            _ => false,
         }
     }
 

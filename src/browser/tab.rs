@@ -1,22 +1,108 @@
-//! One CDP page target with deadlines on every call and a watch on its health.
+//! One CDP page target with deadlines on every call and a watch on its health, and the
+//! lifeline of the browser behind it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use chromiumoxide::cdp::IntoEventKind;
 use chromiumoxide::cdp::browser_protocol::inspector::EventTargetCrashed;
 use chromiumoxide::cdp::browser_protocol::target::{CloseTargetParams, TargetId};
 use chromiumoxide::cdp::js_protocol::runtime::{
     EvaluateParams, EvaluateReturns, EventConsoleApiCalled, EventExceptionThrown, ExceptionDetails,
 };
+use chromiumoxide::listeners::EventStream;
 use chromiumoxide::types::Command;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::BrowserError;
 
 /// How long a plain CDP command (not a page-side wait) may take before we give up on the tab.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Whether a browser instance is still there. Tripped once, by whoever notices first: the
+/// CDP handler when the connection ends, or the launcher when the process exits. Every call
+/// into the instance races it, so a dead browser fails its calls at once instead of at their
+/// deadlines.
+#[derive(Clone, Default)]
+pub(super) struct Lifeline {
+    dead: CancellationToken,
+    cause: Arc<OnceLock<String>>,
+}
+
+impl Lifeline {
+    pub(super) fn trip(&self, cause: impl Into<String>) {
+        // The cause is in place before anyone is woken, so every waiter can name it.
+        let _ = self.cause.set(cause.into());
+        self.dead.cancel();
+    }
+
+    pub(super) fn is_tripped(&self) -> bool {
+        self.dead.is_cancelled()
+    }
+
+    pub(super) async fn tripped(&self) {
+        self.dead.cancelled().await
+    }
+
+    fn crashed(&self, during: &str) -> BrowserError {
+        BrowserError::BrowserCrashed {
+            during: during.to_string(),
+            cause: self
+                .cause
+                .get()
+                .cloned()
+                .unwrap_or_else(|| "cause unknown".into()),
+            retried_frame: None,
+        }
+    }
+
+    /// `fut` with a deadline, failing as soon as the browser dies.
+    pub(super) async fn within<T>(
+        &self,
+        during: &str,
+        deadline: Duration,
+        fut: impl Future<Output = Result<T, BrowserError>>,
+    ) -> Result<T, BrowserError> {
+        if self.is_tripped() {
+            return Err(self.crashed(during));
+        }
+        tokio::select! {
+            biased;
+            _ = self.dead.cancelled() => Err(self.crashed(during)),
+            r = with_deadline_flat(during, deadline, fut) => match r {
+                // A call that failed because the connection went down reports the crash.
+                Err(_) if self.is_tripped() => Err(self.crashed(during)),
+                r => r,
+            },
+        }
+    }
+}
+
+/// A chromiumoxide call, its error mapped to ours.
+pub(super) async fn cdp_call<T, E: std::fmt::Display>(
+    during: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, BrowserError> {
+    fut.await.map_err(|e| BrowserError::protocol(during, e))
+}
+
+/// Subscribes to a page's events of type `T`.
+async fn subscribe<T: IntoEventKind + Unpin + 'static>(
+    page: &chromiumoxide::Page,
+    lifeline: &Lifeline,
+    during: &str,
+) -> Result<EventStream<T>, BrowserError> {
+    lifeline
+        .within(
+            during,
+            COMMAND_DEADLINE,
+            cdp_call(during, page.event_listener::<T>()),
+        )
+        .await
+}
 
 /// The first fatal thing that happened in a tab: an uncaught exception or a crash.
 #[derive(Default)]
@@ -46,6 +132,7 @@ impl Health {
 pub struct Tab {
     page: chromiumoxide::Page,
     cdp: Arc<chromiumoxide::Browser>,
+    lifeline: Lifeline,
     health: Arc<Health>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
     label: String,
@@ -56,18 +143,16 @@ impl Tab {
     pub(super) async fn attach(
         page: chromiumoxide::Page,
         cdp: Arc<chromiumoxide::Browser>,
+        lifeline: Lifeline,
         label: String,
         forward_console: bool,
     ) -> Result<Tab, BrowserError> {
         let health = Arc::new(Health::default());
         let mut watchers = Vec::new();
 
-        let mut exceptions = with_deadline(
-            "listening for page exceptions",
-            COMMAND_DEADLINE,
-            page.event_listener::<EventExceptionThrown>(),
-        )
-        .await?;
+        let mut exceptions =
+            subscribe::<EventExceptionThrown>(&page, &lifeline, "listening for page exceptions")
+                .await?;
         let h = health.clone();
         watchers.push(tokio::spawn(async move {
             while let Some(event) = exceptions.next().await {
@@ -75,12 +160,8 @@ impl Tab {
             }
         }));
 
-        let mut crashes = with_deadline(
-            "listening for crashes",
-            COMMAND_DEADLINE,
-            page.event_listener::<EventTargetCrashed>(),
-        )
-        .await?;
+        let mut crashes =
+            subscribe::<EventTargetCrashed>(&page, &lifeline, "listening for crashes").await?;
         let h = health.clone();
         watchers.push(tokio::spawn(async move {
             if crashes.next().await.is_some() {
@@ -89,12 +170,9 @@ impl Tab {
         }));
 
         if forward_console {
-            let mut console = with_deadline(
-                "listening to the console",
-                COMMAND_DEADLINE,
-                page.event_listener::<EventConsoleApiCalled>(),
-            )
-            .await?;
+            let mut console =
+                subscribe::<EventConsoleApiCalled>(&page, &lifeline, "listening to the console")
+                    .await?;
             let tab_label = label.clone();
             watchers.push(tokio::spawn(async move {
                 while let Some(event) = console.next().await {
@@ -117,6 +195,7 @@ impl Tab {
         Ok(Tab {
             page,
             cdp,
+            lifeline,
             health,
             watchers,
             label,
@@ -124,8 +203,12 @@ impl Tab {
         })
     }
 
-    pub(super) fn page(&self) -> &chromiumoxide::Page {
-        &self.page
+    /// Subscribes to this page's events of type `T`.
+    pub(super) async fn subscribe<T: IntoEventKind + Unpin + 'static>(
+        &self,
+        during: &str,
+    ) -> Result<EventStream<T>, BrowserError> {
+        subscribe(&self.page, &self.lifeline, during).await
     }
 
     pub fn label(&self) -> &str {
@@ -158,7 +241,7 @@ impl Tab {
                 .map(|r| r.result)
                 .map_err(|e| BrowserError::protocol(during, e))
         };
-        self.guarded(with_deadline_flat(during, deadline, fut))
+        self.guarded(during, with_deadline_flat(during, deadline, fut))
             .await
     }
 
@@ -172,13 +255,15 @@ impl Tab {
     ) -> Result<Value, BrowserError> {
         let params = evaluate_params(during, expression)?;
         let page = &self.page;
-        let returns = with_deadline_flat(during, deadline, async move {
-            page.execute(params)
-                .await
-                .map(|r| r.result)
-                .map_err(|e| BrowserError::protocol(during, e))
-        })
-        .await?;
+        let returns = self
+            .lifeline
+            .within(during, deadline, async move {
+                page.execute(params)
+                    .await
+                    .map(|r| r.result)
+                    .map_err(|e| BrowserError::protocol(during, e))
+            })
+            .await?;
         evaluation_value(returns)
     }
 
@@ -193,13 +278,18 @@ impl Tab {
         evaluation_value(self.call_within(during, deadline, params).await?)
     }
 
-    /// Runs `fut`, but fails as soon as the tab reports an uncaught exception or a crash.
+    /// Runs `fut`, but fails as soon as the tab reports an uncaught exception or a crash, or
+    /// its browser dies.
     pub async fn guarded<T>(
         &self,
+        during: &str,
         fut: impl Future<Output = Result<T, BrowserError>>,
     ) -> Result<T, BrowserError> {
         if let Some(e) = self.health.current() {
             return Err(e);
+        }
+        if self.lifeline.is_tripped() {
+            return Err(self.lifeline.crashed(during));
         }
         let health = self.health.clone();
         let failed = async move {
@@ -214,10 +304,15 @@ impl Tab {
         tokio::select! {
             biased;
             e = failed => Err(e),
+            _ = self.lifeline.dead.cancelled() => Err(self.lifeline.crashed(during)),
             r = fut => {
-                // An exception raised while the call ran wins: it is the real cause.
+                // An exception raised while the call ran wins: it is the real cause. A call
+                // that failed because the connection went down reports the crash.
                 match (r, self.health.current()) {
                     (Err(_), Some(e)) => Err(e),
+                    (Err(_), None) if self.lifeline.is_tripped() => {
+                        Err(self.lifeline.crashed(during))
+                    }
                     (r, _) => r,
                 }
             }
@@ -243,6 +338,7 @@ impl Tab {
         self.closed = true;
         close_target(
             self.cdp.clone(),
+            self.lifeline.clone(),
             self.page.target_id().clone(),
             self.label.clone(),
         )
@@ -250,13 +346,19 @@ impl Tab {
     }
 }
 
-async fn close_target(cdp: Arc<chromiumoxide::Browser>, target: TargetId, label: String) {
-    let close = cdp.execute(CloseTargetParams::new(target));
-    if tokio::time::timeout(Duration::from_secs(5), close)
-        .await
-        .is_err()
+async fn close_target(
+    browser: Arc<chromiumoxide::Browser>,
+    lifeline: Lifeline,
+    target: TargetId,
+    label: String,
+) {
+    let during = "closing the tab";
+    let close = cdp_call(during, browser.execute(CloseTargetParams::new(target)));
+    // A target that is already gone, or a dead browser, has nothing left to close.
+    if let Err(e @ BrowserError::Deadline { .. }) =
+        lifeline.within(during, Duration::from_secs(5), close).await
     {
-        tracing::warn!(tab = %label, "closing the tab timed out");
+        tracing::warn!(tab = %label, "{e}");
     }
 }
 
@@ -272,6 +374,7 @@ impl Drop for Tab {
         {
             runtime.spawn(close_target(
                 self.cdp.clone(),
+                self.lifeline.clone(),
                 self.page.target_id().clone(),
                 self.label.clone(),
             ));

@@ -1,6 +1,7 @@
 //! Shared test harness: real processes, real HTTP, real Chromium, real libav.
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod faults;
 
 use std::net::SocketAddr;
