@@ -93,7 +93,10 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     assert_eq!(response["type"], "success");
     assert_eq!(response["bucketName"], "media-out");
     assert_eq!(response["privacy"], "public-read");
-    assert_eq!(response["cloudStorageUri"], format!("gs://media-out/{key}"));
+    assert_eq!(
+        response["cloudStorageUri"],
+        format!("gs://media-out/renders/{id}/nested/clip%20one.mp4")
+    );
     assert_eq!(
         response["publicUrl"],
         format!(
@@ -187,7 +190,11 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
         .response
         .expect("a response");
     assert_eq!(response["privacy"], "project-private");
-    assert_eq!(response["publicUrl"], Value::Null);
+    // Like the original's still server: the public URL whatever the privacy.
+    assert_eq!(
+        response["publicUrl"],
+        "https://storage.googleapis.com/stills-out/renders%2Fstillpriv1%2Fout.jpeg"
+    );
     assert_eq!(
         response["cloudStorageUri"],
         "gs://stills-out/renders/stillpriv1/out.jpeg"
@@ -213,7 +220,10 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
         .response
         .expect("a response");
     assert_eq!(response["privacy"], "no-acl");
-    assert_eq!(response["publicUrl"], Value::Null);
+    assert_eq!(
+        response["publicUrl"],
+        "https://storage.googleapis.com/stills-out/renders%2Fstillnoacl%2Fthumbs%2Fa.png"
+    );
     let key = "renders/stillnoacl/thumbs/a.png";
     let object = gcs.object("stills-out", key).expect("the still");
     assert_eq!(object["contentType"], "image/png");

@@ -477,5 +477,11 @@ async fn run_still(
         .upload_bytes(&request.upload.bucket, &key, bytes.to_vec(), &options)
         .await
         .map_err(|e| storage_error_body(&e))?;
-    Ok(success(stored, render_id, request.upload.privacy))
+    // The original's still server answers with the public URL whatever the privacy (media
+    // says null unless public).
+    let public_url = stored.public_url.clone();
+    Ok(SuccessResponse {
+        public_url,
+        ..success(stored, render_id, request.upload.privacy)
+    })
 }

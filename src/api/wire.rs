@@ -227,10 +227,16 @@ fn integer(field: &str, v: f64, min: f64, max: f64) -> Result<u64, PayloadError>
     Ok(v as u64)
 }
 
+/// Any finite number from 0 to 100, fractions included, as Remotion's validator allows;
+/// rounded here because the screenshot's quality is an integer.
 fn jpeg_quality(v: Option<f64>) -> Result<u8, PayloadError> {
     match v {
         None => Ok(MediaOptions::DEFAULT_JPEG_QUALITY),
-        Some(q) => Ok(integer("jpegQuality", q, 0.0, 100.0)? as u8),
+        Some(q) if q.is_finite() && (0.0..=100.0).contains(&q) => Ok(q.round() as u8),
+        Some(q) => Err(PayloadError::new(
+            "jpegQuality",
+            format!("must be a number between 0 and 100, got {q}"),
+        )),
     }
 }
 
@@ -800,6 +806,25 @@ mod tests {
         .unwrap();
         assert_eq!(r.media.jpeg_quality, 80);
         assert_eq!(r.media.frame_range, FrameRange::All);
+    }
+
+    #[test]
+    fn jpeg_quality_takes_any_number_from_0_to_100() {
+        let q = |v: Value| media(json!({ "jpegQuality": v })).map(|r| r.media.jpeg_quality);
+        assert_eq!(q(json!(72.5)), Ok(73));
+        assert_eq!(q(json!(0.4)), Ok(0));
+        assert_eq!(q(json!(99.6)), Ok(100));
+        assert_eq!(q(json!(0)), Ok(0));
+        assert_eq!(q(json!(100)), Ok(100));
+        for bad in [json!(-0.1), json!(100.01), json!(1e308), json!("80")] {
+            assert_eq!(q(bad.clone()).unwrap_err().field, "jpegQuality", "{bad}");
+        }
+        let still = json!({"type": "still", "serveUrl": "https://x/", "composition": "S",
+            "outputBucket": "b", "imageFormat": "jpeg", "jpegQuality": 33.3});
+        let RenderRequest::Still(r) = parse_request(still.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.still.jpeg_quality, 33);
     }
 
     #[test]

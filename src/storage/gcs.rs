@@ -289,7 +289,7 @@ impl GcsStore {
             key: key.into(),
             size: object.size as u64,
             public_url: Some(super::public_url(bucket, key)),
-            cloud_storage_uri: format!("gs://{bucket}/{key}"),
+            cloud_storage_uri: super::cloud_storage_uri(bucket, key),
         })
     }
 
