@@ -128,7 +128,8 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
 
     // The webhook: progress calls by the original's rule, then the final call.
-    let calls = hook.calls();
+    // The final call follows the response; it is not there yet when the stream ends.
+    let calls = held::calls_through_the_final_one(&hook);
     assert!(calls.len() >= 3, "{} calls", calls.len());
     for call in &calls {
         assert_eq!(call.headers["x-custom"], "abc");
@@ -299,7 +300,8 @@ fn a_render_that_throws_leaves_error_txt_no_output_and_an_error_webhook() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{txt}");
     assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
 
-    let calls = hook.calls();
+    // The final call follows the response; it is not there yet when the stream ends.
+    let calls = held::calls_through_the_final_one(&hook);
     let last = calls.last().expect("webhook calls").json();
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"], error);
