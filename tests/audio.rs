@@ -3,6 +3,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use cloudrun_render::audio::decode::{self, Extract};
 
@@ -143,7 +144,7 @@ use common::*;
 fn pcm_of(path: &Path) -> Option<Vec<f32>> {
     let probe = ffprobe(path);
     probe.streams.iter().find(|s| s["codec_type"] == "audio")?;
-    let out = std::process::Command::new("ffmpeg")
+    let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
         .arg(path)
         .args(["-vn", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"])
@@ -346,4 +347,68 @@ fn audio_only_codecs_and_lossless() {
         fail(&site(), &m).to_string().contains("audioCodec"),
         "opus is not for h264"
     );
+}
+
+/// `program args` in a user and mount namespace where `/etc/hosts` is empty and names are
+/// looked up in files only, so `localhost` resolves to nothing, as in a minimal root
+/// filesystem. None where this machine does not allow unprivileged namespaces.
+fn without_localhost(scratch: &Path, program: &Path, args: &[&str]) -> Option<Command> {
+    let probe = Command::new("unshare").args(["-rm", "true"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        return None;
+    }
+    let (hosts, nss) = (scratch.join("hosts"), scratch.join("nsswitch.conf"));
+    std::fs::write(&hosts, "").unwrap();
+    std::fs::write(&nss, "hosts: files\n").unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-rm", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/nsswitch.conf || exit 96; \
+             getent hosts localhost && exit 97; shift 2; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(&hosts)
+        .arg(&nss)
+        .arg(program)
+        .args(args);
+    Some(cmd)
+}
+
+#[test]
+fn a_static_file_of_a_local_bundle_is_fetched_without_resolving_localhost() {
+    // The page names the bundle's own server http://localhost:PORT; its audio file is fetched
+    // by us, not by Chromium.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("site");
+    std::fs::create_dir_all(bundle.join("public")).unwrap();
+    for f in std::fs::read_dir(fixture("site")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), bundle.join(f.file_name())).unwrap();
+    }
+    write_tone(&bundle.join("public/tone.wav"), 48_000, 440.0, 2.0, 0.5);
+    let out = dir.path().join("audio.mp4");
+    let args = [
+        "render",
+        bundle.to_str().unwrap(),
+        "Audio",
+        out.to_str().unwrap(),
+        "--props",
+        r#"{"src": "remotion-file:tone.wav"}"#,
+    ];
+    let output = match without_localhost(dir.path(), &binary(), &args) {
+        Some(mut cmd) => cmd.output().unwrap(),
+        None => {
+            eprintln!(
+                "unprivileged namespaces are not allowed here: rendering with /etc/hosts in place"
+            );
+            Command::new(binary()).args(args).output().unwrap()
+        }
+    };
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_tone440_then_tone880_added(&pcm_of(&out).expect("an audio stream"));
 }

@@ -93,7 +93,10 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     assert_eq!(response["type"], "success");
     assert_eq!(response["bucketName"], "media-out");
     assert_eq!(response["privacy"], "public-read");
-    assert_eq!(response["cloudStorageUri"], format!("gs://media-out/{key}"));
+    assert_eq!(
+        response["cloudStorageUri"],
+        format!("gs://media-out/renders/{id}/nested/clip%20one.mp4")
+    );
     assert_eq!(
         response["publicUrl"],
         format!(
@@ -125,7 +128,8 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
 
     // The webhook: progress calls by the original's rule, then the final call.
-    let calls = hook.calls();
+    // The final call follows the response; it is not there yet when the stream ends.
+    let calls = held::calls_through_the_final_one(&hook);
     assert!(calls.len() >= 3, "{} calls", calls.len());
     for call in &calls {
         assert_eq!(call.headers["x-custom"], "abc");
@@ -187,7 +191,11 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
         .response
         .expect("a response");
     assert_eq!(response["privacy"], "project-private");
-    assert_eq!(response["publicUrl"], Value::Null);
+    // Like the original's still server: the public URL whatever the privacy.
+    assert_eq!(
+        response["publicUrl"],
+        "https://storage.googleapis.com/stills-out/renders%2Fstillpriv1%2Fout.jpeg"
+    );
     assert_eq!(
         response["cloudStorageUri"],
         "gs://stills-out/renders/stillpriv1/out.jpeg"
@@ -213,7 +221,10 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
         .response
         .expect("a response");
     assert_eq!(response["privacy"], "no-acl");
-    assert_eq!(response["publicUrl"], Value::Null);
+    assert_eq!(
+        response["publicUrl"],
+        "https://storage.googleapis.com/stills-out/renders%2Fstillnoacl%2Fthumbs%2Fa.png"
+    );
     let key = "renders/stillnoacl/thumbs/a.png";
     let object = gcs.object("stills-out", key).expect("the still");
     assert_eq!(object["contentType"], "image/png");
@@ -289,7 +300,8 @@ fn a_render_that_throws_leaves_error_txt_no_output_and_an_error_webhook() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{txt}");
     assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
 
-    let calls = hook.calls();
+    // The final call follows the response; it is not there yet when the stream ends.
+    let calls = held::calls_through_the_final_one(&hook);
     let last = calls.last().expect("webhook calls").json();
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"], error);

@@ -10,7 +10,9 @@ pub mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -21,8 +23,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::encode;
@@ -49,6 +51,9 @@ pub struct AppState {
     pub admission: Arc<Semaphore>,
     /// Cancelled on SIGTERM: every running render stops and tells its client why.
     pub shutdown: CancellationToken,
+    /// Every render's task, up to its final webhook call, which outlives the response.
+    /// Shutdown waits for them within its budget.
+    pub tasks: TaskTracker,
 }
 
 impl AppState {
@@ -63,6 +68,7 @@ impl AppState {
             storage,
             admission: Arc::new(Semaphore::new(slots)),
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 }
@@ -78,11 +84,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error
-/// line to its client, and returns within Cloud Run's grace period.
+/// line to its client, lets final webhook calls finish, and returns within Cloud Run's grace
+/// period.
 pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let shutdown = state.shutdown.clone();
+    let tasks = state.tasks.clone();
     let signalled = CancellationToken::new();
     let on_signal = signalled.clone();
     tokio::spawn(async move {
@@ -95,15 +103,35 @@ pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()
         .with_graceful_shutdown(signalled.clone().cancelled_owned())
         .into_future();
     tokio::pin!(server);
+    let budget = async {
+        signalled.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_BUDGET).await
+    };
+    tokio::pin!(budget);
+    // Graceful shutdown waits for open streams; they end once their renders have reported
+    // the shutdown, but never wait past the budget.
     tokio::select! {
-        r = &mut server => r,
-        // Graceful shutdown waits for open streams; they end once their renders have
-        // reported the shutdown, but never wait past the budget.
-        _ = async { signalled.cancelled().await; tokio::time::sleep(SHUTDOWN_BUDGET).await } => {
+        r = &mut server => r?,
+        _ = &mut budget => {
             tracing::warn!("renders did not stop in time; exiting anyway");
-            Ok(())
+            return Ok(());
         }
     }
+    // Every response has ended; final webhook calls (and renders whose client left but
+    // asked for a webhook) may still be going, each with its own deadline. What is left of
+    // the budget is theirs.
+    tasks.close();
+    if !tasks.is_empty() {
+        tracing::info!(
+            tasks = tasks.len(),
+            "waiting for in-flight final webhook calls"
+        );
+    }
+    tokio::select! {
+        _ = tasks.wait() => tracing::info!("shutdown complete"),
+        _ = &mut budget => tracing::warn!("final webhook calls did not finish in time; exiting anyway"),
+    }
+    Ok(())
 }
 
 fn error_json(e: &ErrorBody) -> Bytes {
@@ -215,18 +243,68 @@ fn log_client_version(v: &Option<String>) {
     }
 }
 
-/// A streamed response whose render is cancelled when the body is dropped (the client left).
+/// What a client that leaves before the final message does to its render.
+enum OnLeave {
+    Cancel(CancellationToken),
+    /// It asked for a webhook, so it has said how it learns the outcome (some callers use a
+    /// short client timeout on purpose): the render goes on and reports there.
+    Continue,
+}
+
+/// The response body: the messages of a channel until its senders are gone. Dropped before
+/// that, the client left.
+struct MessageBody {
+    rx: mpsc::Receiver<Bytes>,
+    ended: bool,
+    on_leave: OnLeave,
+    span: tracing::Span,
+}
+
+impl futures::Stream for MessageBody {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let polled = this.rx.poll_recv(cx);
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled.map(|message| message.map(Ok))
+    }
+}
+
+impl Drop for MessageBody {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let _entered = self.span.enter();
+        match &self.on_leave {
+            OnLeave::Cancel(token) => {
+                tracing::info!("the client left: stopping its render");
+                token.cancel();
+            }
+            OnLeave::Continue => {
+                tracing::info!("the client left: the render goes on and reports to its webhook")
+            }
+        }
+    }
+}
+
+/// A streamed response of one message per chunk, fed by the returned sender.
 fn streaming_response(
     content_type: Option<&'static str>,
-    cancel: CancellationToken,
+    on_leave: OnLeave,
+    span: tracing::Span,
 ) -> (mpsc::Sender<Bytes>, Response) {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let guard = cancel.drop_guard();
-    let stream = futures::StreamExt::map(ReceiverStream::new(rx), move |b| {
-        let _keep = &guard;
-        Ok::<_, std::convert::Infallible>(b)
-    });
-    let mut response = Response::new(Body::from_stream(stream));
+    let body = MessageBody {
+        rx,
+        ended: false,
+        on_leave,
+        span,
+    };
+    let mut response = Response::new(Body::from_stream(body));
     if let Some(ct) = content_type {
         response
             .headers_mut()
@@ -250,7 +328,11 @@ fn start_media(
     let _entered = span.enter();
     log_client_version(&request.client_version);
     let cancel = state.shutdown.child_token();
-    let (out, response) = streaming_response(Some("text/html"), cancel.clone());
+    let on_leave = match request.webhook {
+        Some(_) => OnLeave::Continue,
+        None => OnLeave::Cancel(cancel.clone()),
+    };
+    let (out, response) = streaming_response(Some("text/html"), on_leave, span.clone());
     let (progress_tx, progress_rx) = render::progress::channel();
     let (done_tx, done_rx) = oneshot::channel();
     let hook = request.webhook.clone().map(|w| {
@@ -261,12 +343,17 @@ fn start_media(
             progress_rx.clone(),
         )
     });
-    tokio::spawn(stream::pump(Some(progress_rx), done_rx, out.clone()));
+    // The pump holds the only sender: the response ends with the final message.
+    tokio::spawn(stream::pump(Some(progress_rx), done_rx, out));
+    let tasks = state.tasks.clone();
     let task = async move {
-        let _slot = slot;
         let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        // Free before the client hears, so that its next request finds the slot.
+        drop(slot);
         let _ = done_tx.send(final_message(&result));
+        // The client's answer does not wait for the receiver. The call goes on here, tracked
+        // for shutdown (CPU stays allocated: deploy/service.yaml turns throttling off).
         if let Some(hook) = hook {
             hook.finish(match result {
                 Ok(r) => webhook::Outcome::Success(r),
@@ -274,11 +361,8 @@ fn start_media(
             })
             .await;
         }
-        // Our sender kept the response open until here: on Cloud Run a request's CPU may be
-        // throttled once its response is over, and the final webhook call must still go out.
-        drop(out);
     };
-    tokio::spawn(task.instrument(span.clone()));
+    tasks.spawn(task.instrument(span.clone()));
     response
 }
 
@@ -436,16 +520,17 @@ fn start_still(
     let _entered = span.enter();
     log_client_version(&request.client_version);
     let cancel = state.shutdown.child_token();
-    let (out, response) = streaming_response(None, cancel.clone());
+    let (out, response) = streaming_response(None, OnLeave::Cancel(cancel.clone()), span.clone());
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(stream::pump(None, done_rx, out));
+    let tasks = state.tasks.clone();
     let task = async move {
-        let _slot = slot;
         let result = run_still(&state, &request, &render_id, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        drop(slot);
         let _ = done_tx.send(final_message(&result));
     };
-    tokio::spawn(task.instrument(span.clone()));
+    tasks.spawn(task.instrument(span.clone()));
     response
 }
 
@@ -477,5 +562,11 @@ async fn run_still(
         .upload_bytes(&request.upload.bucket, &key, bytes.to_vec(), &options)
         .await
         .map_err(|e| storage_error_body(&e))?;
-    Ok(success(stored, render_id, request.upload.privacy))
+    // The original's still server answers with the public URL whatever the privacy (media
+    // says null unless public).
+    let public_url = stored.public_url.clone();
+    Ok(SuccessResponse {
+        public_url,
+        ..success(stored, render_id, request.upload.privacy)
+    })
 }

@@ -13,6 +13,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::wire::{ErrorBody, SuccessResponse};
 use crate::options::WebhookOptions;
@@ -59,8 +60,8 @@ impl Sender {
         })
     }
 
-    /// POSTs `body`; never fails, only logs.
-    async fn call(&self, options: &WebhookOptions, body: &Value) {
+    /// POSTs `body`. The error says why the receiver did not take it.
+    async fn call(&self, options: &WebhookOptions, body: &Value) -> Result<(), String> {
         let bytes = serde_json::to_vec(body).expect("serializable");
         let mut headers = HeaderMap::new();
         for (k, v) in &options.headers {
@@ -85,11 +86,9 @@ impl Sender {
             .send()
             .await;
         match sent {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => {
-                tracing::warn!(url = options.url, status = %r.status(), "webhook answered with an error")
-            }
-            Err(e) => tracing::warn!(url = options.url, "failed to call webhook: {e}"),
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("it answered with {}", r.status())),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -166,12 +165,15 @@ impl RenderWebhook {
         progress: watch::Receiver<RenderProgress>,
     ) -> RenderWebhook {
         let (outcome, outcome_rx) = oneshot::channel();
-        let task = tokio::spawn(follow(sender, options, render_id, progress, outcome_rx));
+        let task = tokio::spawn(
+            follow(sender, options, render_id, progress, outcome_rx)
+                .instrument(tracing::Span::current()),
+        );
         RenderWebhook { outcome, task }
     }
 
     /// Makes the final call and waits for it: at most one progress call and the final one,
-    /// each with its deadline.
+    /// each with its deadline. The final call's outcome is logged either way.
     pub async fn finish(self, outcome: Outcome) {
         let _ = self.outcome.send(outcome);
         if let Err(e) = self.task.await {
@@ -208,19 +210,25 @@ async fn follow(
             last_value = Some(value);
             if due(value, last_sent, options.progress_interval) {
                 last_sent = value;
-                sender
-                    .call(
-                        &options,
-                        &Value::Object(progress_body(&options, &render_id, &current)),
-                    )
-                    .await;
+                let body = Value::Object(progress_body(&options, &render_id, &current));
+                if let Err(e) = sender.call(&options, &body).await {
+                    tracing::warn!(url = options.url, "a progress webhook call failed: {e}");
+                }
             }
         }
         match ended {
             None => continue,
             Some(Ok(outcome)) => {
                 let body = final_body(&options, &render_id, &current, &outcome);
-                sender.call(&options, &Value::Object(body)).await;
+                let started = std::time::Instant::now();
+                let called = sender.call(&options, &Value::Object(body)).await;
+                let ms = started.elapsed().as_millis() as u64;
+                match called {
+                    Ok(()) => tracing::info!(url = options.url, ms, "final webhook call answered"),
+                    Err(e) => {
+                        tracing::warn!(url = options.url, ms, "final webhook call failed: {e}")
+                    }
+                }
                 return;
             }
             // The render's task went away without an outcome: nothing more to tell.

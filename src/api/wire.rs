@@ -48,14 +48,22 @@ pub struct ChromiumOptionsPayload {
     pub enable_multi_process_on_linux: Option<bool>,
 }
 
+/// `{type: "play-in-browser"}` or `{type: "download", fileName}`. A struct, not a tagged
+/// enum: serde's tagged enums buffer their content and a bad `fileName` would lose its path.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
-pub enum DownloadBehaviorPayload {
+pub struct DownloadBehaviorPayload {
+    #[serde(rename = "type")]
+    pub kind: DownloadKind,
+    /// Only read for `download`; the original's schema strips it from `play-in-browser`.
+    #[serde(rename = "fileName", default)]
+    pub file_name: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DownloadKind {
     PlayInBrowser,
-    Download {
-        #[serde(rename = "fileName", default)]
-        file_name: Option<String>,
-    },
+    Download,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,13 +206,18 @@ pub fn parse_request(body: &[u8]) -> Result<RenderRequest, PayloadError> {
 fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, PayloadError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if path == "." {
-            "(body)".to_string()
-        } else {
-            path
+        let message = e.into_inner().to_string();
+        // serde reports a missing key at its parent; the caller wants the key.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'));
+        let field = match (path.as_str(), missing) {
+            (".", Some(key)) => key.to_string(),
+            (parent, Some(key)) => format!("{parent}.{key}"),
+            (".", None) => "(body)".to_string(),
+            (path, None) => path.to_string(),
         };
-        PayloadError::new(&field, inner.to_string())
+        PayloadError::new(&field, message)
     })
 }
 
@@ -227,10 +240,16 @@ fn integer(field: &str, v: f64, min: f64, max: f64) -> Result<u64, PayloadError>
     Ok(v as u64)
 }
 
+/// Any finite number from 0 to 100, fractions included, as Remotion's validator allows;
+/// rounded here because the screenshot's quality is an integer.
 fn jpeg_quality(v: Option<f64>) -> Result<u8, PayloadError> {
     match v {
         None => Ok(MediaOptions::DEFAULT_JPEG_QUALITY),
-        Some(q) => Ok(integer("jpegQuality", q, 0.0, 100.0)? as u8),
+        Some(q) if q.is_finite() && (0.0..=100.0).contains(&q) => Ok(q.round() as u8),
+        Some(q) => Err(PayloadError::new(
+            "jpegQuality",
+            format!("must be a number between 0 and 100, got {q}"),
+        )),
     }
 }
 
@@ -265,6 +284,12 @@ fn timeout(v: Option<f64>) -> Result<Duration, PayloadError> {
 
 fn optional_count(field: &str, v: Option<f64>) -> Result<Option<u64>, PayloadError> {
     v.map(|n| integer(field, n, 0.0, 9.007_199_254_740_991e15))
+        .transpose()
+}
+
+/// A count we keep as `u32`: a larger one is refused, not wrapped (2^32 loops would be 0).
+fn optional_u32(field: &str, v: Option<f64>) -> Result<Option<u32>, PayloadError> {
+    v.map(|n| integer(field, n, 0.0, u32::MAX as f64).map(|n| n as u32))
         .transpose()
 }
 
@@ -326,8 +351,7 @@ fn site_options(f: SiteFields) -> Result<SiteOptions, PayloadError> {
             "offthreadVideoCacheSizeInBytes",
             cache_size,
         )?,
-        offthread_video_threads: optional_count("offthreadVideoThreads", threads)?
-            .map(|n| n as u32),
+        offthread_video_threads: optional_u32("offthreadVideoThreads", threads)?,
     })
 }
 
@@ -349,10 +373,26 @@ fn upload_options(
         out_name,
         privacy: parse_named::<Privacy>("privacy", privacy)?.unwrap_or(Privacy::Public),
         download_behavior: match download {
-            None | Some(DownloadBehaviorPayload::PlayInBrowser) => DownloadBehavior::PlayInBrowser,
-            Some(DownloadBehaviorPayload::Download { file_name }) => {
-                DownloadBehavior::Download { file_name }
-            }
+            None
+            | Some(DownloadBehaviorPayload {
+                kind: DownloadKind::PlayInBrowser,
+                ..
+            }) => DownloadBehavior::PlayInBrowser,
+            Some(DownloadBehaviorPayload {
+                kind: DownloadKind::Download,
+                file_name,
+            }) => DownloadBehavior::Download {
+                file_name: match file_name {
+                    Value::Null => None,
+                    Value::String(name) => Some(name),
+                    other => {
+                        return Err(PayloadError::new(
+                            "downloadBehavior.fileName",
+                            format!("expected a string or null, got {other}"),
+                        ));
+                    }
+                },
+            },
         },
         render_id_override,
     })
@@ -476,10 +516,9 @@ impl MediaPayload {
             scale: scale(self.scale)?,
             prores_profile: parse_named::<ProResProfile>("proResProfile", self.pro_res_profile)?,
             x264_preset: parse_named::<X264Preset>("x264Preset", self.x264_preset)?,
-            gop_size: optional_count("gopSize", self.gop_size)?.map(|n| n as u32),
+            gop_size: optional_u32("gopSize", self.gop_size)?,
             every_nth_frame,
-            number_of_gif_loops: optional_count("numberOfGifLoops", self.number_of_gif_loops)?
-                .map(|n| n as u32),
+            number_of_gif_loops: optional_u32("numberOfGifLoops", self.number_of_gif_loops)?,
             frame_range: frame_range(self.frame_range)?,
             muted: self.muted.unwrap_or(false),
             enforce_audio_track: self.enforce_audio_track.unwrap_or(false),
@@ -665,52 +704,10 @@ mod tests {
         }
     }
 
-    /// A body exactly like `renderMediaOnCloudrun()` 4.0.270 sends, with every field.
+    /// A body exactly like `renderMediaOnCloudrun()` 4.0.270 sends, with every field (and one
+    /// from a future client).
     fn full_client_body() -> Value {
-        json!({
-            "type": "media",
-            "serveUrl": "https://storage.googleapis.com/remotioncloudrun-abc/sites/x/index.html",
-            "composition": "Frames",
-            "serializedInputPropsWithCustomSchema": "{\"when\":\"remotion-date:2024-01-01T00:00:00.000Z\"}",
-            "codec": "vp8",
-            "audioCodec": "opus",
-            "forceHeight": 360,
-            "forceWidth": 640,
-            "jpegQuality": 70,
-            "audioBitrate": "128k",
-            "videoBitrate": "2M",
-            "encodingMaxRate": "3M",
-            "encodingBufferSize": "6M",
-            "crf": null,
-            "pixelFormat": "yuva420p",
-            "imageFormat": "png",
-            "scale": 1.5,
-            "proResProfile": null,
-            "x264Preset": null,
-            "everyNthFrame": 2,
-            "numberOfGifLoops": null,
-            "frameRange": [10, 20],
-            "envVariables": {"A": "1"},
-            "chromiumOptions": {"gl": "swangle", "ignoreCertificateErrors": true, "userAgent": "UA"},
-            "muted": true,
-            "outputBucket": "out-bucket",
-            "outName": "dir/video.webm",
-            "privacy": "private",
-            "logLevel": "verbose",
-            "delayRenderTimeoutInMilliseconds": 12000,
-            "concurrency": "50%",
-            "enforceAudioTrack": true,
-            "preferLossless": false,
-            "offthreadVideoCacheSizeInBytes": 1000000,
-            "offthreadVideoThreads": 2,
-            "colorSpace": "bt709",
-            "clientVersion": "4.0.270",
-            "downloadBehavior": {"type": "download", "fileName": "a b.webm"},
-            "metadata": {"Author": "me"},
-            "renderIdOverride": "fixedid",
-            "renderStatusWebhook": {"url": "http://h/x", "headers": {"k": "v"}, "data": {"d": 1}, "webhookProgressInterval": 0.25},
-            "someFutureField": {"ignored": true}
-        })
+        serde_json::from_str(include_str!("../../fixtures/payloads/media.json")).unwrap()
     }
 
     #[test]
@@ -803,6 +800,25 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_quality_takes_any_number_from_0_to_100() {
+        let q = |v: Value| media(json!({ "jpegQuality": v })).map(|r| r.media.jpeg_quality);
+        assert_eq!(q(json!(72.5)), Ok(73));
+        assert_eq!(q(json!(0.4)), Ok(0));
+        assert_eq!(q(json!(99.6)), Ok(100));
+        assert_eq!(q(json!(0)), Ok(0));
+        assert_eq!(q(json!(100)), Ok(100));
+        for bad in [json!(-0.1), json!(100.01), json!(1e308), json!("80")] {
+            assert_eq!(q(bad.clone()).unwrap_err().field, "jpegQuality", "{bad}");
+        }
+        let still = json!({"type": "still", "serveUrl": "https://x/", "composition": "S",
+            "outputBucket": "b", "imageFormat": "jpeg", "jpegQuality": 33.3});
+        let RenderRequest::Still(r) = parse_request(still.to_string().as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.still.jpeg_quality, 33);
+    }
+
+    #[test]
     fn frame_range_shapes() {
         let fr = |v: Value| media(json!({ "frameRange": v })).map(|r| r.media.frame_range);
         assert_eq!(fr(json!(5)), Ok(FrameRange::Single(5)));
@@ -852,6 +868,11 @@ mod tests {
             (json!({"videoBitrate": "fast"}), "videoBitrate"),
             (json!({"forceWidth": -4}), "forceWidth"),
             (
+                json!({"numberOfGifLoops": 4294967296u64}),
+                "numberOfGifLoops",
+            ),
+            (json!({"gopSize": 1.5}), "gopSize"),
+            (
                 json!({"delayRenderTimeoutInMilliseconds": 0}),
                 "delayRenderTimeoutInMilliseconds",
             ),
@@ -875,6 +896,10 @@ mod tests {
                 json!({"downloadBehavior": {"type": "stream"}}),
                 "downloadBehavior.type",
             ),
+            (
+                json!({"downloadBehavior": {"type": "download", "fileName": false}}),
+                "downloadBehavior.fileName",
+            ),
         ];
         for (extra, field) in cases {
             let e = media(extra.clone()).unwrap_err();
@@ -888,7 +913,11 @@ mod tests {
         let e = parse_request(br#"{"type":"video"}"#).unwrap_err();
         assert!(e.message.contains("media"), "{e}");
         let e = parse_request(br#"{"type":"media","composition":"x"}"#).unwrap_err();
-        assert!(e.message.contains("serveUrl"), "{e}");
+        assert_eq!(e.field, "serveUrl", "{e}");
+        let e = media(json!({"renderStatusWebhook": {"headers": {}}})).unwrap_err();
+        assert_eq!(e.field, "renderStatusWebhook.url", "{e}");
+        let e = media(json!({"downloadBehavior": {}})).unwrap_err();
+        assert_eq!(e.field, "downloadBehavior.type", "{e}");
         let e = parse_request(b"not json").unwrap_err();
         assert_eq!(e.field, "(body)");
     }

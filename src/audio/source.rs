@@ -45,11 +45,26 @@ pub struct Fetcher {
     downloads: AtomicUsize,
 }
 
+/// `localhost` as `127.0.0.1`. The page knows our loopback servers (the local bundle,
+/// `/proxy`) as `http://localhost:PORT`, a name Chromium resolves by itself; our own fetches
+/// of those URLs must not depend on `/etc/hosts`, which a minimal root filesystem lacks.
+pub fn loopback_literal(mut url: url::Url) -> url::Url {
+    if url.host_str() == Some("localhost") {
+        url.set_host(Some("127.0.0.1"))
+            .expect("an http(s) URL takes an IP host");
+    }
+    url
+}
+
 impl Fetcher {
     pub fn new(guard: PageGuard) -> Result<Fetcher, AudioError> {
+        Fetcher::with_resolver(guard, Arc::new(GuardedResolver))
+    }
+
+    fn with_resolver(guard: PageGuard, resolver: Arc<dyn Resolve>) -> Result<Fetcher, AudioError> {
         let redirect_guard = guard.clone();
         let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver))
+            .dns_resolver(resolver)
             .connect_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(600))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -115,6 +130,7 @@ impl Fetcher {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("the scheme {} is not supported", url.scheme()));
         }
+        let url = loopback_literal(url);
         self.guard.check_url(&url)?;
         let response = self
             .client
@@ -177,5 +193,52 @@ mod tests {
         assert!(e.to_string().contains("not reachable"), "{e}");
         let e = f.get("file:///etc/passwd").await.unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn localhost_is_fetched_as_127_0_0_1() {
+        let u = |s: &str| loopback_literal(url::Url::parse(s).unwrap()).to_string();
+        assert_eq!(
+            u("http://localhost:3000/public/tone.wav?x=1"),
+            "http://127.0.0.1:3000/public/tone.wav?x=1"
+        );
+        assert_eq!(u("http://LOCALHOST:3000/a"), "http://127.0.0.1:3000/a");
+        assert_eq!(u("https://localhost/a"), "https://127.0.0.1/a");
+        assert_eq!(u("http://example.com/a"), "http://example.com/a");
+        assert_eq!(
+            u("http://localhost.example.com/a"),
+            "http://localhost.example.com/a"
+        );
+    }
+
+    /// Resolves nothing: a process without `/etc/hosts` (or with no `localhost` in it).
+    struct NoNames;
+
+    impl Resolve for NoNames {
+        fn resolve(&self, name: Name) -> Resolving {
+            let name = name.as_str().to_string();
+            Box::pin(async move { Err(format!("cannot resolve {name}").into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn our_own_loopback_servers_are_reached_without_resolving_a_name() {
+        let app =
+            axum::Router::new().route("/public/tone.wav", axum::routing::get(|| async { "RIFF" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let f = Fetcher::with_resolver(PageGuard::new(None), Arc::new(NoNames)).unwrap();
+        let path = f
+            .get(&format!("http://localhost:{port}/public/tone.wav"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"RIFF");
+        // Other names still go through the resolver.
+        let e = f
+            .get(&format!("http://example.invalid:{port}/"))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("example.invalid"), "{e}");
     }
 }

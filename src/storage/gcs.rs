@@ -372,7 +372,7 @@ impl GcsStore {
                         key: key.into(),
                         size: object.size as u64,
                         public_url: Some(super::public_url(bucket, key)),
-                        cloud_storage_uri: format!("gs://{bucket}/{key}"),
+                        cloud_storage_uri: super::cloud_storage_uri(bucket, key),
                     });
                 }
                 // GCS refuses to finalize bytes that do not match the declared CRC32C, but

@@ -108,7 +108,7 @@ impl LocalStore {
             key: key.into(),
             size,
             public_url: Some(format!("file://{}", target.display())),
-            cloud_storage_uri: format!("gs://{bucket}/{key}"),
+            cloud_storage_uri: super::cloud_storage_uri(bucket, key),
         })
     }
 }

@@ -8,7 +8,7 @@ mod local;
 
 use std::path::{Path, PathBuf};
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::options::{DownloadBehavior, Privacy};
 
@@ -165,6 +165,29 @@ pub fn public_url(bucket: &str, key: &str) -> String {
     )
 }
 
+/// WHATWG's path percent-encode set (C0 controls, DEL and non-ASCII, space, `"`, `#`, `<`,
+/// `>`, `?`, backtick, `{`, `}`): what a URL's `pathname` setter escapes. `%` and `/` stay.
+const URL_PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// `gs://{bucket}/{key}` as the Node storage client's `cloudStorageURI` builds it: the key is
+/// assigned to a `gs://` URL's `pathname`, so it is escaped with the path set, not
+/// `encodeURIComponent` as in [`public_url`]. Unlike a URL parser we keep dot segments (also
+/// `%2e` ones) and escape tabs and newlines rather than drop them, so the URI always names
+/// the object that was written; only odd `renderIdOverride`s or `%2e` segments in `outName`
+/// (which refuses `.`, `..` and control characters) can tell the difference.
+pub fn cloud_storage_uri(bucket: &str, key: &str) -> String {
+    format!("gs://{bucket}/{}", utf8_percent_encode(key, URL_PATH))
+}
+
 /// The wire's `privacy` for a setting.
 pub fn privacy_label(p: Privacy) -> &'static str {
     match p {
@@ -211,5 +234,21 @@ mod tests {
         );
         assert_ne!(random_render_id(), random_render_id());
         assert_eq!(object_key("x", "a/b.mp4"), "renders/x/a/b.mp4");
+    }
+
+    #[test]
+    fn cloud_storage_uris_escape_like_a_url_pathname() {
+        assert_eq!(
+            cloud_storage_uri("b", "renders/x/out.mp4"),
+            "gs://b/renders/x/out.mp4"
+        );
+        assert_eq!(
+            cloud_storage_uri(
+                "b",
+                "renders/x/a b\"c#d<e>f?g`h{i}j%20k/ü\u{7f}'^!|[]\\;=@$&+,~.mp4"
+            ),
+            // What Node 20 prints for `u = new URL("gs://b"); u.pathname = <that key>; u.href`.
+            "gs://b/renders/x/a%20b%22c%23d%3Ce%3Ef%3Fg%60h%7Bi%7Dj%20k/%C3%BC%7F'^!|[]\\;=@$&+,~.mp4"
+        );
     }
 }

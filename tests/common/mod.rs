@@ -3,6 +3,7 @@
 
 pub mod crash;
 pub mod faults;
+pub mod held;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
