@@ -202,7 +202,7 @@ pub fn content_type(name: &str) -> String {
 /// What a deploy has to do, from the bundle and what the site already holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Indices into `bundle.files`, `index.html` last.
+    /// Indices into `bundle.files`.
     pub upload: Vec<usize>,
     pub unchanged: usize,
     /// Keys to delete.
@@ -228,8 +228,6 @@ pub fn plan(bundle: &Bundle, existing: &[crate::storage::gcs::ObjectInfo], prefi
             upload.push(i);
         }
     }
-    // The page last: until it is replaced, renders load the old page with its old files.
-    upload.sort_by_key(|&i| bundle.files[i].relative == "index.html");
     let wanted: std::collections::HashSet<String> = bundle
         .files
         .iter()
@@ -308,6 +306,7 @@ pub async fn deploy(
                 .map(|_| file.size)
         }
     };
+    // The page last: until it is replaced, renders load the old page with its old files.
     let (page, others): (Vec<usize>, Vec<usize>) = plan
         .upload
         .iter()
@@ -470,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn a_redeploy_uploads_changes_deletes_leftovers_and_puts_the_page_last() {
+    fn a_redeploy_uploads_changes_and_deletes_leftovers() {
         let prefix = "sites/s/";
         let (_d1, old) = bundle_of(&[
             ("index.html", b"<html>1</html>"),
@@ -486,7 +485,7 @@ mod tests {
         ]);
         let p = plan(&new, &stored(&old, prefix), prefix);
         let uploads: Vec<_> = p.upload.iter().map(|&i| &new.files[i].relative).collect();
-        assert_eq!(uploads, ["b.js", "new.js", "index.html"]);
+        assert_eq!(uploads, ["b.js", "index.html", "new.js"]);
         assert_eq!(p.unchanged, 1);
         assert_eq!(p.delete, ["sites/s/gone.js"]);
 

@@ -61,12 +61,21 @@ fn deploy_then_render_and_still_through_the_service_from_the_bucket() {
         assert_eq!(body, std::fs::read(bundle.join(file)).unwrap(), "{file}");
     }
 
+    // The page went up last (the emulator's generations are its clock at each upload).
+    let first = generations(&gcs, "loop", &prefix);
+    let page = first[&format!("{prefix}index.html")]
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        first.values().all(|g| g.parse::<u64>().unwrap() <= page),
+        "{first:?}"
+    );
+
     // Same bundle, same URL, nothing sent again.
-    let before = generations(&gcs, "loop", &prefix);
     let (again, o) = deploy(&gcs, &bundle, "loop", &[]);
     assert_eq!(again, serve_url);
     assert!(stderr(&o).contains("0 uploaded, 4 unchanged, 0 deleted"));
-    assert_eq!(generations(&gcs, "loop", &prefix), before);
+    assert_eq!(generations(&gcs, "loop", &prefix), first);
 
     // The service loads the page, its scripts and public/mark.svg from the emulator.
     let service = Service::start_gcs(&gcs, &[]);
