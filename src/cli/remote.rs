@@ -219,6 +219,75 @@ pub async fn still(args: StillArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn parse(args: &[&str]) -> Result<crate::cli::Cli, clap::Error> {
+        use clap::Parser;
+        crate::cli::Cli::try_parse_from(
+            std::iter::once("cloudrun-render").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn the_output_is_optional_only_with_a_service() {
+        use crate::cli::Command;
+        let cli = parse(&[
+            "render",
+            "--service",
+            "https://r.run.app",
+            "https://x/site/",
+            "Comp",
+            "--bucket",
+            "b",
+            "--out-name",
+            "a/clip.webm",
+            "--privacy",
+            "private",
+            "--frames",
+            "0-9",
+        ])
+        .unwrap();
+        let Command::Render(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.output, None);
+        let target = args.service.target().unwrap();
+        assert_eq!(target.bucket, "b");
+        assert_eq!(target.privacy, Some(Privacy::Private));
+        // The codec follows the object's name when there is no local output.
+        assert_eq!(args.to_options().unwrap().codec, crate::options::Codec::Vp8);
+
+        let cli = parse(&[
+            "still",
+            "--service",
+            "http://127.0.0.1:8080",
+            "s",
+            "C",
+            "x.jpg",
+        ])
+        .unwrap();
+        let Command::Still(args) = cli.command else {
+            panic!()
+        };
+        assert!(
+            args.service.target().is_err(),
+            "--bucket is required with --service"
+        );
+        assert_eq!(
+            args.to_options().unwrap().image_format,
+            crate::options::StillImageFormat::Jpeg
+        );
+
+        assert!(
+            parse(&["render", "s", "Comp"]).is_err(),
+            "a local render needs an output"
+        );
+        assert!(parse(&["render", "s", "Comp", "o.mp4", "--bucket", "b"]).is_err());
+        let cli = parse(&["render", "--service", "ftp://x", "s", "C", "--bucket", "b"]).unwrap();
+        let Command::Render(args) = cli.command else {
+            panic!()
+        };
+        assert!(args.service.url().is_err());
+    }
+
     #[test]
     fn serve_urls_pass_and_site_names_expand() {
         assert_eq!(
