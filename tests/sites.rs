@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::sites::*;
 use common::*;
 
@@ -81,22 +83,19 @@ fn deploy_then_render_and_still_through_the_service_from_the_bucket() {
     let service = Service::start_gcs(&gcs, &[]);
     let dir = tempfile::tempdir().unwrap();
     let video = dir.path().join("loop.mp4");
-    let o = cli_on(
-        &gcs,
-        &[
-            "render",
-            "--service",
-            &service.url,
-            &serve_url,
-            "StaticFile",
-            video.to_str().unwrap(),
-            "--bucket",
-            "loop",
-            "--frames",
-            "0-9",
-            "--log",
-            "verbose",
-        ],
+    let on_service =
+        |command: &str, site: &str, composition: &str, output: &Path, extra: &[&str]| {
+            let mut args = vec![command, "--service", &service.url, site, composition];
+            args.extend([output.to_str().unwrap(), "--bucket", "loop"]);
+            args.extend_from_slice(extra);
+            cli_on(&gcs, &args)
+        };
+    let o = on_service(
+        "render",
+        &serve_url,
+        "StaticFile",
+        &video,
+        &["--frames", "0-9", "--log", "verbose"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
@@ -142,22 +141,12 @@ fn deploy_then_render_and_still_through_the_service_from_the_bucket() {
 
     // A still by site name (the shorthand for the serve URL in --bucket), downloaded.
     let png = dir.path().join("still.png");
-    let o = cli_on(
-        &gcs,
-        &[
-            "still",
-            "--service",
-            &service.url,
-            &name,
-            "StaticFile",
-            png.to_str().unwrap(),
-            "--frame",
-            "7",
-            "--bucket",
-            "loop",
-            "--out-name",
-            "thumbs/seven.png",
-        ],
+    let o = on_service(
+        "still",
+        &name,
+        "StaticFile",
+        &png,
+        &["--frame", "7", "--out-name", "thumbs/seven.png"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("/thumbs/seven.png"), "{}", stdout(&o));
@@ -174,19 +163,7 @@ fn deploy_then_render_and_still_through_the_service_from_the_bucket() {
 
     // A failing render: the service's message and stack, a non-zero exit, nothing written.
     let failed = dir.path().join("failed.mp4");
-    let o = cli_on(
-        &gcs,
-        &[
-            "render",
-            "--service",
-            &service.url,
-            &serve_url,
-            "Throws",
-            failed.to_str().unwrap(),
-            "--bucket",
-            "loop",
-        ],
-    );
+    let o = on_service("render", &serve_url, "Throws", &failed, &[]);
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("fixture exploded at frame 5"), "{err}");
