@@ -262,7 +262,7 @@ impl RenderArgs {
         let mut m = MediaOptions::new(self.composition.clone());
         m.codec = self
             .codec
-            .or_else(|| codec_from_extension(self.named_output()?))
+            .or_else(|| codec_from_extension(self.service.output_name(self.output.as_deref())?))
             .unwrap_or(Codec::H264);
         m.overrides.width = self.width;
         m.overrides.height = self.height;
@@ -311,7 +311,8 @@ impl StillArgs {
         let mut s = StillOptions::new(self.composition.clone());
         s.frame = self.frame;
         s.image_format = self.image_format.unwrap_or_else(|| {
-            self.named_output()
+            self.service
+                .output_name(self.output.as_deref())
                 .and_then(Path::extension)
                 .and_then(|e| e.to_str())
                 .map(|e| e.to_ascii_lowercase())
@@ -333,23 +334,6 @@ impl StillArgs {
         s.overrides.width = self.width;
         s.overrides.height = self.height;
         Ok(s)
-    }
-}
-
-impl RenderArgs {
-    /// The file name the codec follows: the output, else the service's `--out-name`.
-    fn named_output(&self) -> Option<&Path> {
-        self.output
-            .as_deref()
-            .or(self.service.out_name.as_deref().map(Path::new))
-    }
-}
-
-impl StillArgs {
-    fn named_output(&self) -> Option<&Path> {
-        self.output
-            .as_deref()
-            .or(self.service.out_name.as_deref().map(Path::new))
     }
 }
 

@@ -34,6 +34,11 @@ pub struct ServiceArgs {
 }
 
 impl ServiceArgs {
+    /// The name the codec or image format follows: the local output, else `--out-name`.
+    pub fn output_name<'a>(&'a self, output: Option<&'a Path>) -> Option<&'a Path> {
+        output.or(self.out_name.as_deref().map(Path::new))
+    }
+
     fn target(&self) -> anyhow::Result<OutputTarget> {
         let bucket = self
             .bucket
