@@ -427,7 +427,7 @@ fn a_download_resumes_where_it_broke_off_and_never_keeps_corrupt_bytes() {
         attempts: 3,
         first_backoff: std::time::Duration::from_millis(10),
         max_backoff: std::time::Duration::from_millis(50),
-        attempt_timeout: std::time::Duration::from_secs(30),
+        ..RetryPolicy::default()
     };
     let dir = tempfile::tempdir().unwrap();
 

@@ -54,15 +54,13 @@ fn decode_crc32c(b64: &str) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.try_into().ok()?))
 }
 
-impl Failure {
-    fn status(&self) -> Option<u16> {
-        match self {
-            Failure::Gcs(GcsError::Response(r)) => Some(r.code),
-            Failure::Gcs(GcsError::HttpClient(e) | GcsError::RawResponse(e, _)) => {
-                e.status().map(|s| s.as_u16())
-            }
-            _ => None,
+fn http_status(f: &Failure) -> Option<u16> {
+    match f {
+        Failure::Gcs(GcsError::Response(r)) => Some(r.code),
+        Failure::Gcs(GcsError::HttpClient(e) | GcsError::RawResponse(e, _)) => {
+            e.status().map(|s| s.as_u16())
         }
+        _ => None,
     }
 }
 
@@ -86,7 +84,7 @@ impl GcsStore {
                 ..Default::default()
             };
             let page = self
-                .retrying("list objects", || self.client.list_objects(&request))
+                .reading("list objects", || self.client.list_objects(&request))
                 .await
                 .map_err(|e| object_error("list", bucket, prefix, e))?;
             objects.extend(
@@ -116,11 +114,11 @@ impl GcsStore {
             ..Default::default()
         };
         match self
-            .retrying("read object metadata", || self.client.get_object(&request))
+            .reading("read object metadata", || self.client.get_object(&request))
             .await
         {
             Ok(o) => Ok(Some(ObjectInfo::from_object(o))),
-            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) if http_status(&e) == Some(404) => Ok(None),
             Err(e) => Err(object_error("read the metadata of", bucket, key, e)),
         }
     }
@@ -133,11 +131,11 @@ impl GcsStore {
             ..Default::default()
         };
         match self
-            .retrying("delete an object", || self.client.delete_object(&request))
+            .reading("delete an object", || self.client.delete_object(&request))
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) if http_status(&e) == Some(404) => Ok(()),
             Err(e) => Err(object_error("delete", bucket, key, e)),
         }
     }
@@ -227,6 +225,26 @@ impl GcsStore {
             .persist(dest)
             .map_err(|e| fail(format!("cannot move it to {}: {e}", dest.display())))?;
         Ok(received)
+    }
+
+    /// A request that reads (or deletes): under the attempt deadline, retried with backoff
+    /// while it fails transiently, up to the policy's attempts.
+    async fn reading<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Failure>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, GcsError>>,
+    {
+        let mut failures = 0;
+        loop {
+            match self.attempt(op()).await {
+                Err(e) if e.is_transient() && failures + 1 < self.policy.attempts => {
+                    failures += 1;
+                    tracing::warn!(failures, "could not {what}, retrying: {e}");
+                    tokio::time::sleep(self.policy.backoff(failures)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One ranged GET, appended to `file`. Returns `Err(Receive::Progress)` when the body
