@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,9 @@ use crate::options::{
 use crate::render::{self, Renderer};
 use crate::site::Access;
 use crate::storage::Storage;
+
+mod remote;
+mod sites;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,6 +50,8 @@ pub enum Command {
     Compositions(CompositionsArgs),
     /// Measure capture, encode and render speed, memory and still latency; writes BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+    /// Deploy bundles to a bucket as serve URLs, list and delete them.
+    Sites(sites::SitesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +97,9 @@ pub struct RenderArgs {
     #[command(flatten)]
     pub site: SiteArgs,
     pub composition: String,
-    pub output: PathBuf,
+    /// Where the file goes. With --service: optional; the output is downloaded here.
+    #[arg(required_unless_present = "service")]
+    pub output: Option<PathBuf>,
     /// h264, h265, vp8, vp9, prores, gif, h264-mkv, h264-ts, mp3, aac, wav. Default: from the
     /// output's extension, else h264.
     #[arg(long)]
@@ -146,6 +154,8 @@ pub struct RenderArgs {
     pub width: Option<u32>,
     #[arg(long)]
     pub height: Option<u32>,
+    #[command(flatten)]
+    pub service: remote::ServiceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -153,7 +163,9 @@ pub struct StillArgs {
     #[command(flatten)]
     pub site: SiteArgs,
     pub composition: String,
-    pub output: PathBuf,
+    /// Where the image goes. With --service: optional; the output is downloaded here.
+    #[arg(required_unless_present = "service")]
+    pub output: Option<PathBuf>,
     /// Negative counts from the end.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub frame: i64,
@@ -168,6 +180,8 @@ pub struct StillArgs {
     pub width: Option<u32>,
     #[arg(long)]
     pub height: Option<u32>,
+    #[command(flatten)]
+    pub service: remote::ServiceArgs,
 }
 
 #[derive(Debug, Args)]
@@ -248,7 +262,7 @@ impl RenderArgs {
         let mut m = MediaOptions::new(self.composition.clone());
         m.codec = self
             .codec
-            .or_else(|| codec_from_extension(&self.output))
+            .or_else(|| codec_from_extension(self.service.output_name(self.output.as_deref())?))
             .unwrap_or(Codec::H264);
         m.overrides.width = self.width;
         m.overrides.height = self.height;
@@ -297,8 +311,9 @@ impl StillArgs {
         let mut s = StillOptions::new(self.composition.clone());
         s.frame = self.frame;
         s.image_format = self.image_format.unwrap_or_else(|| {
-            self.output
-                .extension()
+            self.service
+                .output_name(self.output.as_deref())
+                .and_then(Path::extension)
                 .and_then(|e| e.to_str())
                 .map(|e| e.to_ascii_lowercase())
                 .and_then(|e| match e.as_str() {
@@ -320,6 +335,20 @@ impl StillArgs {
         s.overrides.height = self.height;
         Ok(s)
     }
+}
+
+/// A render's bar: position is percent.
+const PERCENT_BAR: &str = "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}";
+
+/// A progress bar on stderr, drawn only on a terminal.
+fn progress_bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
 }
 
 /// Cancels on Ctrl-C / SIGTERM, so a killed CLI render leaves no partial output.
@@ -347,10 +376,13 @@ fn partial_path(output: &Path) -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Render(args) if args.service.service.is_some() => remote::render(args).await,
+        Command::Still(args) if args.service.service.is_some() => remote::still(args).await,
         Command::Render(args) => render(args).await,
         Command::Still(args) => still(args).await,
         Command::Compositions(args) => compositions(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Sites(args) => sites::run(args).await,
     }
 }
 
@@ -364,22 +396,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn render(args: RenderArgs) -> anyhow::Result<()> {
+    let output = args.output.clone().context("an output path is required")?;
     let site = args.site.to_options()?;
     let media = args.to_options()?;
     let renderer = Renderer::start(PageGuard::new(None)).await?;
     let cancel = cancel_on_signal();
     let (progress_tx, mut progress_rx) = render::progress::channel();
-    let bar = indicatif::ProgressBar::new(100);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}",
-            )
-            .expect("valid template"),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = progress_bar(100, PERCENT_BAR);
     let bar2 = bar.clone();
     let watcher = tokio::spawn(async move {
         while progress_rx.changed().await.is_ok() {
@@ -391,7 +414,7 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
             ));
         }
     });
-    let partial = partial_path(&args.output);
+    let partial = partial_path(&output);
     let result = renderer
         .render_media(
             &site,
@@ -407,7 +430,7 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
     renderer.shutdown().await;
     match result {
         Ok(outcome) => {
-            std::fs::rename(&partial, &args.output)?;
+            std::fs::rename(&partial, &output)?;
             bar.finish_and_clear();
             eprintln!(
                 "Rendered {} frames ({}x{}, {}) to {} in {:.1}s",
@@ -415,7 +438,7 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
                 outcome.width,
                 outcome.height,
                 media.codec,
-                args.output.display(),
+                output.display(),
                 outcome.elapsed.as_secs_f64()
             );
             Ok(())
@@ -429,6 +452,7 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
 }
 
 async fn still(args: StillArgs) -> anyhow::Result<()> {
+    let output = args.output.clone().context("an output path is required")?;
     let site = args.site.to_options()?;
     let still = args.to_options()?;
     let renderer = Renderer::start(PageGuard::new(None)).await?;
@@ -438,15 +462,15 @@ async fn still(args: StillArgs) -> anyhow::Result<()> {
         .await;
     renderer.shutdown().await;
     let (composition, bytes) = result.map_err(|e| anyhow::anyhow!("{}: {e}", e.name()))?;
-    let partial = partial_path(&args.output);
+    let partial = partial_path(&output);
     std::fs::write(&partial, &bytes)?;
-    std::fs::rename(&partial, &args.output)?;
+    std::fs::rename(&partial, &output)?;
     eprintln!(
         "Rendered frame {} of {} as {} to {}",
         still.frame,
         composition.info.id,
         still.image_format,
-        args.output.display()
+        output.display()
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ pub mod offthread;
 pub mod options;
 pub mod render;
 pub mod site;
+pub mod sites;
 pub mod storage;
 pub mod system;
 pub mod timing;

@@ -4,6 +4,8 @@
 //! converted to `options` types once, in [`wire`]; errors become the wire error shape only
 //! here.
 
+pub mod client;
+pub mod id_token;
 pub mod stream;
 pub mod webhook;
 pub mod wire;

@@ -37,6 +37,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::{ObjectOptions, StorageError, StoredObject};
 use crate::options::Privacy;
 
+mod objects;
+pub use objects::{ObjectInfo, encode_crc32c};
+
 /// The convention of Google's client libraries: `host:port` or a URL of a GCS emulator.
 pub const EMULATOR_ENV: &str = "STORAGE_EMULATOR_HOST";
 

@@ -113,6 +113,36 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Copies an object out, to a temporary name beside `dest` first.
+    pub async fn get_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &Path,
+    ) -> Result<u64, StorageError> {
+        let source = self.target(bucket, key)?;
+        if !tokio::fs::try_exists(&source).await.unwrap_or(false) {
+            return Err(StorageError::NotFound {
+                bucket: bucket.into(),
+                key: key.into(),
+            });
+        }
+        let fail = |e: std::io::Error| StorageError::Object {
+            action: "download",
+            bucket: bucket.into(),
+            key: key.into(),
+            message: e.to_string(),
+        };
+        let partial = super::partial_beside(dest).map_err(fail)?;
+        let size = tokio::fs::copy(&source, partial.path())
+            .await
+            .map_err(fail)?;
+        partial.persist(dest).map_err(|e| fail(e.error))?;
+        Ok(size)
+    }
+}
+
 fn fail(bucket: &str, key: &str, e: std::io::Error) -> StorageError {
     StorageError::Upload {
         bucket: bucket.into(),

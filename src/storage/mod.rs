@@ -28,6 +28,15 @@ pub enum StorageError {
     },
     #[error("Storage is not configured: {0}")]
     Config(String),
+    #[error("Could not {action} gs://{bucket}/{key}: {message}")]
+    Object {
+        action: &'static str,
+        bucket: String,
+        key: String,
+        message: String,
+    },
+    #[error("There is no object gs://{bucket}/{key}")]
+    NotFound { bucket: String, key: String },
 }
 
 /// An object as the storage reports it after the upload.
@@ -101,6 +110,34 @@ impl Storage {
             }
         }
     }
+}
+
+impl Storage {
+    /// Copies `bucket/key` to `dest`, which appears only once complete (and, from GCS, checked
+    /// against the object's CRC32C).
+    pub async fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &Path,
+    ) -> Result<u64, StorageError> {
+        match self {
+            Storage::Local(s) => s.get_file(bucket, key, dest).await,
+            Storage::Gcs(s) => s.download(bucket, key, dest).await,
+        }
+    }
+}
+
+/// The temporary file a download is written to: beside `dest`, so that persisting it is a
+/// rename on the same file system. Removed when dropped unpersisted.
+fn partial_beside(dest: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(dir)
 }
 
 /// `renders/{renderId}/{name}`.

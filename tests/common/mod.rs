@@ -4,6 +4,7 @@
 pub mod crash;
 pub mod faults;
 pub mod held;
+pub mod sites;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
