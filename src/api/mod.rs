@@ -220,7 +220,7 @@ fn streaming_response(
     content_type: Option<&'static str>,
     cancel: CancellationToken,
 ) -> (mpsc::Sender<Bytes>, Response) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (tx, rx) = stream::channel();
     let guard = cancel.drop_guard();
     let stream = futures::StreamExt::map(ReceiverStream::new(rx), move |b| {
         let _keep = &guard;
