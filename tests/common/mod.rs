@@ -4,12 +4,14 @@
 //! submodule is one concern; everything is re-exported, so tests say `common::name`.
 #![allow(dead_code, unused_imports)]
 
+pub mod client;
 pub mod emulators;
 pub mod inproc;
 pub mod media;
 pub mod servers;
 pub mod service;
 
+pub use client::*;
 pub use emulators::*;
 pub use inproc::*;
 pub use media::*;
