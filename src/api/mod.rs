@@ -8,7 +8,6 @@ pub mod stream;
 pub mod webhook;
 pub mod wire;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,17 +78,17 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error
 /// line to its client, and returns within Cloud Run's grace period.
-pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let shutdown = state.shutdown.clone();
     let signalled = CancellationToken::new();
     let on_signal = signalled.clone();
     tokio::spawn(async move {
         crate::system::termination_requested().await;
-        tracing::info!("shutting down: stopping running renders");
         on_signal.cancel();
         shutdown.cancel();
+        // After the cancel: whoever reads this line may rely on new requests being refused.
+        tracing::info!("shutting down: stopping running renders");
     });
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(signalled.clone().cancelled_owned())
@@ -175,6 +174,10 @@ async fn render_endpoint(
             return (StatusCode::OK, error_json(&ErrorBody::from(&e))).into_response();
         }
     };
+    if state.shutdown.is_cancelled() {
+        let e = ErrorBody::new("ServiceUnavailable", "The service is shutting down.", "");
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &e);
+    }
     // Refuse at once rather than queue: a queued request would only time out at Cloud Run's
     // front end, where the caller can neither see nor retry it sensibly.
     let Ok(slot) = state.admission.clone().try_acquire_owned() else {
@@ -185,10 +188,6 @@ async fn render_endpoint(
         );
         return json_response(StatusCode::TOO_MANY_REQUESTS, &e);
     };
-    if state.shutdown.is_cancelled() {
-        let e = ErrorBody::new("ServiceUnavailable", "The service is shutting down.", "");
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, &e);
-    }
     match request {
         RenderRequest::Media(m) => start_media(state, *m, slot, span),
         RenderRequest::Still(s) => start_still(state, *s, slot, span),
@@ -263,9 +262,11 @@ fn start_media(
     });
     tokio::spawn(stream::pump(Some(progress_rx), done_rx, out.clone()));
     let task = async move {
-        let _slot = slot;
         let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        // Free before the client hears the outcome: a caller (or Cloud Run) that sends the
+        // next render as soon as it has the final message must find the instance free.
+        drop(slot);
         let _ = done_tx.send(final_message(&result));
         if let Some(hook) = hook {
             hook.finish(match result {
@@ -440,9 +441,9 @@ fn start_still(
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(stream::pump(None, done_rx, out));
     let task = async move {
-        let _slot = slot;
         let result = run_still(&state, &request, &render_id, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
+        drop(slot);
         let _ = done_tx.send(final_message(&result));
     };
     tokio::spawn(task.instrument(span.clone()));
