@@ -93,15 +93,27 @@ fn bad_payloads_get_the_error_object() {
             .contains("media")
     );
 
-    // The service must never read its own disk for a caller.
+    // The service must never read its own disk for a caller: `fixtures/site` is a bundle the
+    // service could open from its working directory (the CLI would render it).
     for url in ["file:///etc", "/work", "fixtures/site"] {
         let read = post_like_client(&service.url, &media_payload(url, "Frames"));
         let error = read.error.expect("refused");
-        assert!(
-            error["message"].as_str().unwrap().contains("http"),
-            "{url}: {error}"
+        assert_eq!(
+            error["message"],
+            format!(
+                "The serve URL \"{url}\" is not an http(s) URL. Over HTTP only http:// and https:// serve URLs are accepted."
+            )
         );
+        assert!(read.response.is_none());
     }
+    // Once the third refusal is logged, so is anything logged before it.
+    wait_until("the refusals to be logged", || {
+        service.log_lines_starting("render failed").len() == 3
+    });
+    assert!(
+        service.log_lines("rendering").is_empty(),
+        "nothing was rendered"
+    );
 
     let read = post_like_client(&service.url, &media_payload(&site, "Nope"));
     let error = read.error.expect("unknown composition");

@@ -8,7 +8,7 @@
 //! (`SO_TIMESTAMPNS`), which is when the server wrote them: the spacing it sees does not depend
 //! on when this thread got to run.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub struct BodyRead {
 }
 
 /// What the real client saw: every parsed message, in order.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ClientRead {
     pub status: u16,
     pub content_type: Option<String>,
@@ -83,18 +83,47 @@ pub fn post_like_client(url: &str, payload: &Value) -> ClientRead {
     read
 }
 
+/// [`post_like_client`], retried while the instance answers 429: for a test that waits for
+/// the render slot to free (after a client left, say), which it learns no other way.
+pub fn post_when_free(url: &str, payload: &Value) -> ClientRead {
+    let mut read = None;
+    super::wait_until("the render slot to free", || {
+        let r = post_like_client(url, payload);
+        let busy = r.status == 429;
+        read = Some(r);
+        !busy
+    });
+    read.unwrap()
+}
+
 /// A request in flight, read one message at a time. Dropping it closes the connection, as a
 /// client that gives up does.
 pub struct ClientStream {
     socket: TcpStream,
+    held_body: Option<Vec<u8>>,
     http: HttpReader,
     read: ClientRead,
     buffer: String,
     ended: bool,
+    /// Messages read while waiting for the head, not yet handed out.
+    early: Vec<Value>,
 }
 
 impl ClientStream {
     pub fn open(url: &str, payload: &Value) -> ClientStream {
+        let mut stream = ClientStream::connect(url, payload, "");
+        stream.send_body();
+        stream
+    }
+
+    /// Sends the request's head and holds its body back until [`ClientStream::send_body`]:
+    /// the server has begun the request but cannot act on it yet. The head asks for
+    /// `100 Continue`, which [`ClientStream::wait_for_continue`] waits for.
+    pub fn open_holding_body(url: &str, payload: &Value) -> ClientStream {
+        ClientStream::connect(url, payload, "Expect: 100-continue\r\n")
+    }
+
+    fn connect(url: &str, payload: &Value, extra_headers: &str) -> ClientStream {
         let (authority, path) = split_url(url);
         let body = serde_json::to_vec(payload).unwrap();
         let mut socket = TcpStream::connect(authority).expect("connect to the service");
@@ -104,33 +133,42 @@ impl ClientStream {
         enable_receive_timestamps(&socket);
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
+             Content-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n",
             body.len()
         );
         socket.write_all(head.as_bytes()).unwrap();
-        socket.write_all(&body).unwrap();
         ClientStream {
             socket,
+            held_body: Some(body),
             http: HttpReader::default(),
-            read: ClientRead {
-                status: 0,
-                content_type: None,
-                progress: vec![],
-                response: None,
-                error: None,
-                leftover: String::new(),
-                reads: vec![],
-            },
+            read: ClientRead::default(),
             buffer: String::new(),
             ended: false,
+            early: vec![],
+        }
+    }
+
+    pub fn send_body(&mut self) {
+        let body = self.held_body.take().expect("a body not sent yet");
+        self.socket.write_all(&body).unwrap();
+    }
+
+    /// Waits for the server's `100 Continue`: it has read the head and waits for the body.
+    pub fn wait_for_continue(&mut self) {
+        while !self.http.continued {
+            assert!(!self.ended, "the stream ended before 100 Continue");
+            if let Some(message) = self.read_once() {
+                panic!("a message before 100 Continue: {message}");
+            }
         }
     }
 
     /// The response's status, once its head arrived.
     pub fn status(&mut self) -> u16 {
         while self.read.status == 0 && !self.ended {
+            // The head and the first message may come in one read.
             if let Some(message) = self.read_once() {
-                panic!("a message before the head: {message}");
+                self.early.push(message);
             }
         }
         assert!(self.read.status != 0, "the service sent no response head");
@@ -139,6 +177,9 @@ impl ClientStream {
 
     /// The next message the client could parse, or None at the end of the stream.
     pub fn next_message(&mut self) -> Option<Value> {
+        if !self.early.is_empty() {
+            return Some(self.early.remove(0));
+        }
         while !self.ended {
             if let Some(message) = self.read_once() {
                 return Some(message);
@@ -152,18 +193,7 @@ impl ClientStream {
         while self.next_message().is_some() {}
         self.status();
         self.read.leftover = std::mem::take(&mut self.buffer);
-        std::mem::replace(
-            &mut self.read,
-            ClientRead {
-                status: 0,
-                content_type: None,
-                progress: vec![],
-                response: None,
-                error: None,
-                leftover: String::new(),
-                reads: vec![],
-            },
-        )
+        std::mem::take(&mut self.read)
     }
 
     /// One socket read; the message it completed, if any.
@@ -290,6 +320,8 @@ struct HttpReader {
     /// Bytes not consumed yet (an unfinished head or chunk-size line).
     pending: Vec<u8>,
     head_done: bool,
+    /// An interim `100 Continue` came.
+    continued: bool,
     body: BodyState,
 }
 
@@ -324,7 +356,7 @@ impl HttpReader {
     /// Takes one read; returns the body bytes it carried.
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.pending.extend_from_slice(bytes);
-        if !self.head_done {
+        while !self.head_done {
             let Some(end) = find(&self.pending, b"\r\n\r\n") else {
                 return vec![];
             };
@@ -337,6 +369,12 @@ impl HttpReader {
                 .nth(1)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or_else(|| panic!("a status line: {status_line}"));
+            if self.status == 100 {
+                // Interim: the real head follows.
+                self.continued = true;
+                self.status = 0;
+                continue;
+            }
             for line in lines {
                 let (k, v) = line.split_once(':').expect("a header line");
                 self.headers

@@ -3,11 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{free_port, repo, runtime, serve_on_loopback};
+use super::{clean_env, free_port, listens_on, repo, runtime, serve_on_loopback, wait_until};
 
 /// fake-gcs-server (from `./scripts/setup`) on a free port, in memory. Killed on drop.
 pub struct FakeGcs {
@@ -30,11 +29,22 @@ impl FakeGcs {
         PathBuf::from("fake-gcs-server")
     }
 
+    /// The emulator needs its port up front (it builds upload URLs from it), so it gets a
+    /// port that was free a moment ago; if another process took it meanwhile, it starts again
+    /// on another one.
     pub fn start() -> FakeGcs {
-        let port = free_port();
+        for _ in 0..5 {
+            if let Some(gcs) = FakeGcs::start_on(free_port()) {
+                return gcs;
+            }
+        }
+        panic!("fake-gcs-server did not start (run ./scripts/setup)");
+    }
+
+    fn start_on(port: u16) -> Option<FakeGcs> {
         let host = format!("127.0.0.1:{port}");
         let url = format!("http://{host}");
-        let child = Command::new(FakeGcs::binary())
+        let child = clean_env(&mut Command::new(FakeGcs::binary()))
             .args([
                 "-scheme",
                 "http",
@@ -50,21 +60,25 @@ impl FakeGcs {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start fake-gcs-server (run ./scripts/setup)");
-        let gcs = FakeGcs { child, url, host };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let up = runtime().block_on(async {
-                reqwest::get(format!("{}/storage/v1/b", gcs.url))
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false)
-            });
-            if up {
-                return gcs;
-            }
-            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
+        let mut gcs = FakeGcs { child, url, host };
+        let pid = gcs.child.id();
+        let mut exited = false;
+        // Listening by itself, not some other process that took the port.
+        wait_until("fake-gcs-server to listen or exit", || {
+            exited = gcs.child.try_wait().unwrap().is_some();
+            exited || listens_on(pid, port)
+        });
+        if exited {
+            return None;
         }
+        let up = runtime().block_on(async {
+            reqwest::get(format!("{}/storage/v1/b", gcs.url))
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+        assert!(up, "fake-gcs-server listens but does not answer");
+        Some(gcs)
     }
 
     /// Over the JSON API: the official client's control plane is gRPC, which the emulator
@@ -86,7 +100,7 @@ impl FakeGcs {
         format!(
             "{}/storage/v1/b/{bucket}/o/{}",
             self.url,
-            cloudrun_render::storage::encode_uri_component(key)
+            encode_uri_component(key)
         )
     }
 
@@ -162,6 +176,28 @@ impl FakeGcs {
     }
 }
 
+/// JavaScript's `encodeURIComponent`, written out here so that what the tests ask the
+/// emulator does not depend on the code under test.
+fn encode_uri_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 impl Drop for FakeGcs {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -182,6 +218,17 @@ impl WebhookCall {
     }
 }
 
+/// How a [`WebhookReceiver`] answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WebhookAnswer {
+    /// 200 at once.
+    Ok,
+    /// This status at once.
+    Status(u16),
+    /// Never: the caller's deadline is all that ends the call.
+    Never,
+}
+
 /// An HTTP server on loopback that records every request, for `renderStatusWebhook`.
 pub struct WebhookReceiver {
     pub url: String,
@@ -190,6 +237,10 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub fn start() -> WebhookReceiver {
+        WebhookReceiver::answering(WebhookAnswer::Ok)
+    }
+
+    pub fn answering(answer: WebhookAnswer) -> WebhookReceiver {
         let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = calls.clone();
         let app = axum::Router::new().fallback(
@@ -200,7 +251,11 @@ impl WebhookReceiver {
                         headers,
                         body: body.to_vec(),
                     });
-                    "ok"
+                    match answer {
+                        WebhookAnswer::Ok => axum::http::StatusCode::OK,
+                        WebhookAnswer::Status(s) => axum::http::StatusCode::from_u16(s).unwrap(),
+                        WebhookAnswer::Never => std::future::pending().await,
+                    }
                 }
             },
         );
@@ -210,5 +265,14 @@ impl WebhookReceiver {
 
     pub fn calls(&self) -> Vec<WebhookCall> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// Every call, once the final one (the one with a `type`) came: the service may make it
+    /// after the client has its answer.
+    pub fn calls_until_final(&self) -> Vec<WebhookCall> {
+        wait_until("the final webhook call", || {
+            self.calls().iter().any(|c| c.json().get("type").is_some())
+        });
+        self.calls()
     }
 }

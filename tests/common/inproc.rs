@@ -38,14 +38,7 @@ pub struct Rendered {
 
 pub fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered, RenderError> {
     let dir = tempfile::tempdir().unwrap();
-    let audio = cloudrun_render::encode::resolve_audio_codec(
-        media.codec,
-        media.audio_codec,
-        media.prefer_lossless,
-    )
-    .unwrap_or(None);
-    let extension = cloudrun_render::encode::file_extension(media.codec, audio);
-    let path = dir.path().join(format!("out.{extension}"));
+    let path = dir.path().join(output_name(media));
     let (tx, _rx) = render::progress::channel();
     let outcome = runtime().block_on(renderer().render_media(
         site,
@@ -63,6 +56,26 @@ pub fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered,
         path,
         _dir: dir,
     })
+}
+
+/// The name the service gives a render's output, from Remotion's table: written out here
+/// rather than asked of the code under test, which refuses a name that does not fit.
+pub fn output_name(media: &MediaOptions) -> &'static str {
+    use cloudrun_render::options::{AudioCodec, Codec::*};
+    let lossless = media.prefer_lossless || media.audio_codec == Some(AudioCodec::Pcm16);
+    match media.codec {
+        H264 | H265 | Vp8 | Vp9 if lossless => "out.mkv",
+        Mp3 | Aac if lossless => "out.wav",
+        H264 | H265 => "out.mp4",
+        H264Mkv => "out.mkv",
+        H264Ts => "out.ts",
+        Vp8 | Vp9 => "out.webm",
+        Prores => "out.mov",
+        Gif => "out.gif",
+        Mp3 => "out.mp3",
+        Aac => "out.aac",
+        Wav => "out.wav",
+    }
 }
 
 pub fn render(media: &MediaOptions) -> Rendered {

@@ -8,6 +8,41 @@ use serde_json::Value;
 
 use super::{fixture_server, generated_dir};
 
+/// The fixtures' picture for frame `f` as packed RGB: ten bars with the frame number on top, a
+/// colour that moves with `f` below (fixtures/README.md), and, with `noise`, grain that makes
+/// every frame expensive to encode.
+pub fn bars_picture(f: u64, width: u32, height: u32, noise: bool) -> Vec<u8> {
+    let (w, h) = (width as usize, height as usize);
+    let mut rgb = vec![0u8; w * h * 3];
+    let mut seed = f.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for y in 0..h {
+        for x in 0..w {
+            let px = if y < h.div_ceil(2) {
+                let bar = x * 10 / w;
+                if (f >> (9 - bar)) & 1 == 1 {
+                    [255; 3]
+                } else {
+                    [0; 3]
+                }
+            } else {
+                let c = ((2 * f) % 256) as u8;
+                let mut px = [c, 128, 255 - c];
+                if noise {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    for v in &mut px {
+                        *v = v.saturating_add((seed % 64) as u8);
+                    }
+                }
+                px
+            };
+            rgb[(y * w + x) * 3..][..3].copy_from_slice(&px);
+        }
+    }
+    rgb
+}
+
 /// Encodes a video whose frame k shows the bar code of k (like the fixtures), with the ffmpeg
 /// CLI, into `generated_dir()`; returns its URL on the fixture server.
 pub fn generated_bars_video(
@@ -45,18 +80,9 @@ pub fn generated_bars_video(
             .expect("ffmpeg");
         let mut stdin = child.stdin.take().unwrap();
         for k in 0..frames {
-            let mut rgb = vec![0u8; width * height * 3];
-            for y in 0..height / 2 {
-                for i in 0..10 {
-                    let white = (k >> (9 - i)) & 1 == 1;
-                    let (x0, x1) = (i * width / 10, (i + 1) * width / 10);
-                    for x in x0..x1 {
-                        let p = (y * width + x) * 3;
-                        rgb[p..p + 3].fill(if white { 255 } else { 0 });
-                    }
-                }
-            }
-            stdin.write_all(&rgb).unwrap();
+            stdin
+                .write_all(&bars_picture(k, width as u32, height as u32, false))
+                .unwrap();
         }
         drop(stdin);
         assert!(child.wait().unwrap().success());
@@ -214,4 +240,56 @@ pub fn assert_frames(path: &Path, expected: &[u64]) {
     for (k, want) in expected.iter().enumerate() {
         assert_eq!(frames.frame_number(k), *want, "output frame {k}");
     }
+}
+
+/// The first audio stream of a file, as ffprobe describes it.
+pub fn audio_stream(path: &Path) -> Option<Value> {
+    ffprobe(path)
+        .streams
+        .into_iter()
+        .find(|s| s["codec_type"] == "audio")
+}
+
+/// The first audio stream of a file decoded by ffmpeg to interleaved stereo f32 at 48 kHz.
+pub fn stereo_pcm(path: &Path) -> Vec<f32> {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map", "0:a:0", "-ac", "2", "-ar", "48000", "-f", "f32le", "-",
+        ])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success(),
+        "decoding the audio of {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The left channel of interleaved stereo samples.
+pub fn left(stereo: &[f32]) -> Vec<f32> {
+    stereo.iter().step_by(2).copied().collect()
+}
+
+/// The frequency of a mono tone, from its zero crossings.
+pub fn frequency(mono: &[f32], rate: u32) -> f64 {
+    let crossings = mono
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    crossings as f64 / 2.0 / (mono.len() as f64 / rate as f64)
+}
+
+pub fn rms(samples: &[f32]) -> f64 {
+    (samples.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / samples.len().max(1) as f64).sqrt()
+}
+
+pub fn peak(samples: &[f32]) -> f32 {
+    samples.iter().fold(0f32, |m, v| m.max(v.abs()))
 }

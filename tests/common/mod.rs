@@ -1,22 +1,35 @@
 //! Shared test harness: real processes, real HTTP, real Chromium, real libav.
 //!
-//! Every test binary compiles all of it and uses a part, hence the `allow`. Each
-//! submodule is one concern; everything is re-exported, so tests say `common::name`.
-#![allow(dead_code, unused_imports)]
+//! Each submodule is one concern; everything is re-exported, so tests say `common::name`.
+//! Every test binary compiles all of it and uses a part, hence the `allow`s: unused helpers,
+//! and re-exports a binary does not use.
+#![allow(dead_code)]
 
 pub mod client;
 pub mod emulators;
 pub mod inproc;
 pub mod media;
+pub mod procs;
 pub mod servers;
 pub mod service;
+pub mod wait;
 
+#[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
 pub use emulators::*;
+#[allow(unused_imports)]
 pub use inproc::*;
+#[allow(unused_imports)]
 pub use media::*;
+#[allow(unused_imports)]
+pub use procs::*;
+#[allow(unused_imports)]
 pub use servers::*;
+#[allow(unused_imports)]
 pub use service::*;
+#[allow(unused_imports)]
+pub use wait::*;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -43,11 +56,4 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
             .build()
             .expect("runtime")
     })
-}
-
-/// Held by tests that assert a deadline (2 s to stop, 10 s to exit), so sibling tests of the
-/// same binary do not share the two CPUs with them while they measure.
-pub fn timing_sensitive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }

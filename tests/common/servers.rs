@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 use super::{repo, runtime};
 
 /// Serves `fixtures/` over HTTP on loopback (the service only accepts http(s) serve URLs).
-/// Returns the base URL, e.g. `http://127.0.0.1:PORT`; sites are at `<base>/site/`.
+/// Returns the base URL, e.g. `http://127.0.0.1:PORT`; sites are at `<base>/site/`. Also
+/// `/status/{code}/index.html`, `/redirect?to=URL` (307) and `/generated/` (see
+/// [`generated_dir`]).
 pub fn fixture_server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
@@ -26,6 +28,14 @@ pub fn fixture_server() -> &'static str {
                             "<html><body>status page</body></html>",
                         )
                     },
+                ),
+            )
+            .route(
+                "/redirect",
+                axum::routing::get(
+                    |axum::extract::Query(q): axum::extract::Query<
+                        std::collections::HashMap<String, String>,
+                    >| async move { axum::response::Redirect::temporary(&q["to"]) },
                 ),
             )
             .nest_service(
@@ -120,10 +130,32 @@ server.serve_forever()
     })
 }
 
+/// A port that was free a moment ago. Nothing holds it: whoever binds it next may lose it to
+/// another process, so only use it where a lost race shows up as a retry (see
+/// `FakeGcs::start`), and prefer port 0 or [`ClosedPort`].
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A loopback port that refuses connections for as long as this lives: bound, never
+/// listening, so no other process can take it.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        ClosedPort {
+            _socket: socket,
+            port,
+        }
+    }
 }

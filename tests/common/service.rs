@@ -1,24 +1,32 @@
-//! The `serve` subcommand as a real process, and a client that reads its stream the way the
-//! real client does.
+//! The `serve` subcommand as a real process.
 
-use std::net::SocketAddr;
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
-use serde_json::Value;
-
-use super::{FakeGcs, binary, free_port, runtime};
+use super::{FakeGcs, binary, runtime, wait_until};
 
 /// The `serve` subcommand running as a real process. Killed (and its Chromium with it) on drop.
 pub struct Service {
     pub child: Child,
     pub url: String,
+    pub port: u16,
     pub storage: tempfile::TempDir,
     /// The service's TMPDIR: work files, downloaded media and Chromium profiles land here.
     pub tmp: tempfile::TempDir,
     /// Everything the service printed to stderr so far (it is echoed to ours too).
-    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
+    pub logs: Arc<Mutex<String>>,
+}
+
+/// The environment every child process of the tests starts from, and nothing else: a
+/// `CLOUDRUN_RENDER_*` variable in the shell that runs the tests must not change what they
+/// test.
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
 }
 
 impl Service {
@@ -38,17 +46,12 @@ impl Service {
     pub fn start_with(extra_env: &[(&str, &str)], local_storage: bool) -> Service {
         let storage = tempfile::tempdir().unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut cmd = Command::new(binary());
-        cmd.arg("serve")
-            .arg("--host")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg(port.to_string())
-            .env_remove("CLOUDRUN_RENDER_LOCAL_STORAGE")
-            .env_remove("STORAGE_EMULATOR_HOST")
-            .env("RUST_LOG", "info")
+        // Port 0: the system picks a free port and the service says which.
+        clean_env(&mut cmd)
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
             .env("TMPDIR", tmp.path())
+            .env("HOME", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -59,51 +62,49 @@ impl Service {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the service");
-        let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let logs = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
+        let (listening_tx, listening) = mpsc::channel();
         std::thread::spawn(move || {
-            use std::io::BufRead;
             for line in std::io::BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
             {
                 eprintln!("{line}");
+                if let Some(url) = listening_url(&line) {
+                    let _ = listening_tx.send(url);
+                }
                 let mut all = sink.lock().unwrap();
                 all.push_str(&line);
                 all.push('\n');
             }
         });
-        let url = format!("http://127.0.0.1:{port}");
+        // The line comes once the browser is up; the bound is for a service that hangs.
+        let url = match listening.recv_timeout(Duration::from_secs(120)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the service never said where it listens: {}",
+                    logs.lock().unwrap()
+                );
+            }
+        };
+        let port = url.rsplit(':').next().unwrap().parse().unwrap();
         let service = Service {
             child,
             url,
+            port,
             storage,
             tmp,
             logs,
         };
-        service.wait_healthy();
+        let health = runtime()
+            .block_on(reqwest::get(format!("{}/healthz", service.url)))
+            .expect("the service answers");
+        assert!(health.status().is_success(), "{health:?}");
         service
-    }
-
-    fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr: SocketAddr = self.url.trim_start_matches("http://").parse().unwrap();
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                let ok = runtime().block_on(async {
-                    reqwest::get(format!("{}/healthz", self.url))
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                });
-                if ok {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the service did not become healthy");
     }
 
     pub fn object(&self, bucket: &str, key: &str) -> PathBuf {
@@ -124,22 +125,71 @@ impl Service {
         self.logs.lock().unwrap().clone()
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// The service's JSON log lines whose message is `message`.
+    pub fn log_lines(&self, message: &str) -> Vec<serde_json::Value> {
+        self.log_lines_starting(message)
+            .into_iter()
+            .filter(|l| l["message"] == message)
+            .collect()
+    }
+
+    /// The service's JSON log lines whose message starts with `prefix`.
+    pub fn log_lines_starting(&self, prefix: &str) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+            .collect()
+    }
+
+    /// Waits until the service logged `message`.
+    pub fn wait_for_log(&self, message: &str) {
+        self.wait_for_log_where(message, |_| true);
+    }
+
+    /// Waits until the service logged `message` in a line that passes `also`, and returns that
+    /// line. The log reaches us through a pipe and a thread, a moment after the service wrote
+    /// it, but in order: once a line is here, so is every line the service wrote before it.
+    pub fn wait_for_log_where(
+        &self,
+        message: &str,
+        also: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut found = None;
+        wait_until(&format!("the log line {message:?}"), || {
+            found = self.log_lines(message).into_iter().find(|l| also(l));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The "render timings" line of render `render_id` (a media render logs it last, once
+    /// its output is complete): everything the render logged before is here too.
+    pub fn wait_for_render_end(&self, render_id: &str) -> serde_json::Value {
+        self.wait_for_log_where("render timings", |l| l["render_id"] == render_id)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate();
+        self.wait_exit()
+    }
+
+    pub fn terminate(&self) {
+        // SAFETY: kill(2) on our own child's pid.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the service did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    }
+
+    /// Waits for the process to exit (after [`Service::terminate`]).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut status = None;
+        wait_until("the service to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
     }
 }
 
@@ -148,4 +198,14 @@ impl Drop for Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `http://127.0.0.1:PORT` from the service's "listening on …" line.
+fn listening_url(line: &str) -> Option<String> {
+    let at = line.find("listening on http://")? + "listening on ".len();
+    let url: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || ":/.".contains(*c))
+        .collect();
+    Some(url)
 }
