@@ -33,8 +33,8 @@ fn a_media_render_streams_progress_and_a_response_the_client_can_parse() {
         "{:?}",
         read.progress
     );
-    let [.., before_last, last] = read.reads.as_slice() else {
-        panic!("{:?}", read.reads)
+    let [.., before_last, last] = read.body_reads.as_slice() else {
+        panic!("{:?}", read.body_reads)
     };
     assert_eq!(before_last.text, "{\"onProgress\":1}\n");
     assert!(last.text.starts_with("{\"response\":"), "{}", last.text);
