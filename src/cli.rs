@@ -40,7 +40,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the Cloud Run endpoint on 0.0.0.0:$PORT (default 8080).
+    /// Serve the Cloud Run endpoint on 0.0.0.0:$PORT (default 8080; 0 picks a free port).
     Serve(ServeArgs),
     /// Render a video (or audio) file.
     Render(RenderArgs),
@@ -388,9 +388,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = Storage::from_env().await?;
-    let renderer = Arc::new(Renderer::start(PageGuard::new(Some(args.port))).await?);
+    // Bound first: with --port 0 the guard must know the port the system picked.
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
+    let port = listener.local_addr()?.port();
+    let renderer = Arc::new(Renderer::start(PageGuard::new(Some(port))).await?);
     let state = Arc::new(AppState::new(renderer.clone(), Arc::new(storage)));
-    let result = api::serve(SocketAddr::new(args.host, args.port), state).await;
+    let result = api::serve(listener, state).await;
     renderer.shutdown().await;
     Ok(result?)
 }

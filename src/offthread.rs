@@ -70,16 +70,28 @@ impl FrameServer {
             .clone();
         let threads = self.threads;
         let mut guard = slot.lock_owned().await;
-        let image = tokio::task::spawn_blocking(move || {
+        let (image, opened) = tokio::task::spawn_blocking(move || {
+            let mut opened = None;
             if guard.is_none() {
-                *guard = Some(Source::open(path, threads)?);
+                let source = Source::open(path, threads)?;
+                opened = Some(source.decoder.threading().count);
+                *guard = Some(source);
             }
             let source = guard.as_mut().expect("just opened");
-            source.image_at(time, transparent)
+            Ok::<_, String>((source.image_at(time, transparent)?, opened))
         })
         .await
         .map_err(|e| format!("the decode task failed: {e}"))??;
-        self.cache.lock().await.put(key, image.clone());
+        let mut cache = self.cache.lock().await;
+        if let Some(decoder_threads) = opened {
+            // What libav really got (0 asks it to choose), and the payload's cache budget.
+            tracing::info!(
+                decoder_threads,
+                cache_budget_bytes = cache.budget,
+                "OffthreadVideo source opened"
+            );
+        }
+        cache.put(key, image.clone());
         Ok(image)
     }
 }

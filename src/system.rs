@@ -56,19 +56,28 @@ fn lower_current_thread_priority(increment: i32) -> std::io::Result<()> {
 /// CPUs available to this process: the affinity mask and the cgroup CPU quota both count,
 /// so a 2-vCPU Cloud Run instance on a 64-core host says 2.
 pub fn cpu_count() -> usize {
-    if let Some(n) = std::env::var(CPUS_ENV)
-        .ok()
+    let affinity = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    effective_cpus(
+        std::env::var(CPUS_ENV).ok().as_deref(),
+        affinity,
+        cgroup_cpu_quota(),
+    )
+}
+
+/// The override if it is a positive number, else the smaller of the affinity mask's CPUs and
+/// the quota's.
+fn effective_cpus(override_: Option<&str>, affinity: usize, quota: Option<usize>) -> usize {
+    if let Some(n) = override_
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
     {
         return n;
     }
-    let std_count = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    match cgroup_cpu_quota() {
-        Some(q) => std_count.min(q.max(1)),
-        None => std_count,
+    match quota {
+        Some(q) => affinity.min(q.max(1)),
+        None => affinity,
     }
 }
 
@@ -168,8 +177,13 @@ mod tests {
     }
 
     #[test]
-    fn counts_are_sane() {
-        assert!(cpu_count() >= 1);
-        assert!(available_memory() > 0);
+    fn the_cpu_count_is_the_tightest_limit_unless_overridden() {
+        assert_eq!(effective_cpus(None, 64, Some(2)), 2, "Cloud Run's quota");
+        assert_eq!(effective_cpus(None, 2, Some(8)), 2, "the affinity mask");
+        assert_eq!(effective_cpus(None, 4, None), 4);
+        assert_eq!(effective_cpus(None, 4, Some(0)), 1, "a quota below one CPU");
+        assert_eq!(effective_cpus(Some("3"), 64, Some(2)), 3, "the override");
+        assert_eq!(effective_cpus(Some("0"), 4, None), 4, "0 is no override");
+        assert_eq!(effective_cpus(Some("many"), 4, Some(2)), 2);
     }
 }

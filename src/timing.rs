@@ -30,8 +30,8 @@ mod tests {
             .map(|_| {
                 let total = total.clone();
                 std::thread::spawn(move || {
-                    let start = Instant::now();
-                    std::thread::sleep(Duration::from_millis(20));
+                    // Something that began 20 ms ago, without waiting for it.
+                    let start = Instant::now() - Duration::from_millis(20);
                     total.add_since(start);
                 })
             })

@@ -34,20 +34,6 @@ fn write_tone(path: &Path, rate: u32, hz: f64, seconds: f64, amplitude: f64) {
     std::fs::write(path, wav).unwrap();
 }
 
-/// Frequency from zero crossings of the left channel.
-fn frequency(stereo: &[f32], rate: u32) -> f64 {
-    let left: Vec<f32> = stereo.chunks_exact(2).map(|p| p[0]).collect();
-    let crossings = left
-        .windows(2)
-        .filter(|w| w[0] < 0.0 && w[1] >= 0.0)
-        .count();
-    crossings as f64 / (left.len() as f64 / rate as f64)
-}
-
-fn peak(stereo: &[f32]) -> f32 {
-    stereo.iter().fold(0f32, |m, v| m.max(v.abs()))
-}
-
 fn extract(start: f64, end: f64, rate: f64, tone: f64) -> Extract {
     Extract {
         stream_index: 0,
@@ -72,7 +58,7 @@ fn decoding_resamples_to_stereo_48k() {
         "{} frames",
         s.len() / 2
     );
-    assert!((frequency(&s, 48_000) - 440.0).abs() < 3.0);
+    assert!((frequency(&left(&s), 48_000) - 440.0).abs() < 3.0);
     // Mono plays at full level on both sides, as it does in the browser (Web Audio up-mixing),
     // not 3 dB down as libswresample's default matrix would have it.
     assert!((peak(&s) - 0.5).abs() < 0.02, "level kept: {}", peak(&s));
@@ -107,7 +93,7 @@ fn trims_tempo_and_pitch() {
         "{} frames",
         s.len() / 2
     );
-    assert!((frequency(&s, 48_000) - 440.0).abs() < 5.0);
+    assert!((frequency(&left(&s), 48_000) - 440.0).abs() < 5.0);
 
     // An octave up, same length.
     let s = decode::decode(&wav, &extract(0.0, 2.0, 1.0, 2.0))
@@ -120,18 +106,29 @@ fn trims_tempo_and_pitch() {
         s.len() / 2
     );
     assert!(
-        (frequency(&s, 48_000) - 880.0).abs() < 10.0,
+        (frequency(&left(&s), 48_000) - 880.0).abs() < 10.0,
         "{}",
-        frequency(&s, 48_000)
+        frequency(&left(&s), 48_000)
     );
 }
 
 #[test]
 fn a_file_without_audio_gives_nothing() {
+    // A real video without an audio stream: nothing to mix, and no error.
+    generated_bars_video("bars30.mp4", 90, 30, 320, 180);
+    let video = generated_dir().join("bars30.mp4");
+    assert_eq!(
+        decode::decode(&video, &extract(0.0, 1.0, 1.0, 1.0)).unwrap(),
+        None
+    );
+    // Not media at all: an error that says so.
     let dir = tempfile::tempdir().unwrap();
     let not_audio = dir.path().join("x.wav");
     std::fs::write(&not_audio, b"this is not a media file").unwrap();
-    assert!(decode::decode(&not_audio, &extract(0.0, 1.0, 1.0, 1.0)).is_err());
+    let e = decode::decode(&not_audio, &extract(0.0, 1.0, 1.0, 1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("opening the source"), "{e}");
 }
 
 // ---- Whole renders: the Audio fixture registers tone440 (0.5, frames 0–59) and tone880
@@ -140,25 +137,6 @@ fn a_file_without_audio_gives_nothing() {
 use cloudrun_render::options::{AudioCodec, Codec};
 use common::*;
 
-/// The audio of a file as interleaved stereo f32 at 48 kHz (ffmpeg CLI), or None.
-fn pcm_of(path: &Path) -> Option<Vec<f32>> {
-    let probe = ffprobe(path);
-    probe.streams.iter().find(|s| s["codec_type"] == "audio")?;
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-vn", "-f", "f32le", "-ac", "2", "-ar", "48000", "-"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    Some(
-        out.stdout
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-    )
-}
-
 /// The stereo samples between two times.
 fn window(pcm: &[f32], from: f64, to: f64) -> &[f32] {
     let a = (from * 48_000.0) as usize * 2;
@@ -166,23 +144,12 @@ fn window(pcm: &[f32], from: f64, to: f64) -> &[f32] {
     &pcm[a.min(b)..b]
 }
 
-fn rms(s: &[f32]) -> f64 {
-    (s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
-}
-
 /// The audio of the `Audio` fixture rendered with these props (interleaved stereo f32).
 fn audio_with_props(props: &str) -> Vec<f32> {
     let mut s = site();
     s.serialized_input_props = props.into();
     let r = render_with(&s, &media("Audio")).unwrap();
-    pcm_of(&r.path).expect("an audio stream")
-}
-
-fn audio_stream(path: &Path) -> Option<serde_json::Value> {
-    ffprobe(path)
-        .streams
-        .into_iter()
-        .find(|s| s["codec_type"] == "audio")
+    stereo_pcm(&r.path)
 }
 
 /// The `Audio` fixture's mix: tone440 at 0.5 for the first second, tone880 added in the
@@ -191,9 +158,9 @@ fn assert_tone440_then_tone880_added(pcm: &[f32]) -> (&[f32], &[f32]) {
     let first = window(pcm, 0.1, 0.9);
     let second = window(pcm, 1.1, 1.9);
     assert!(
-        (frequency(first, 48_000) - 440.0).abs() < 10.0,
+        (frequency(&left(first), 48_000) - 440.0).abs() < 10.0,
         "{}",
-        frequency(first, 48_000)
+        frequency(&left(first), 48_000)
     );
     // tone440 alone: a sine of 0.5 has an RMS of 0.354; with tone880 at 0.125 added, 0.364.
     assert!(
@@ -224,7 +191,7 @@ fn two_tracks_are_mixed_into_the_video() {
     assert!((duration - 2.0).abs() < 0.1, "duration {duration}");
     assert_frames(&r.path, &(0..60).collect::<Vec<_>>());
 
-    let pcm = pcm_of(&r.path).unwrap();
+    let pcm = stereo_pcm(&r.path);
     let (first, second) = assert_tone440_then_tone880_added(&pcm);
     assert!(
         peak(second) > peak(first) + 0.05,
@@ -240,8 +207,7 @@ fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
     // The page's own 440 Hz samples, with tone880 (a media asset) added on top from 1 s.
     let (first, _) = assert_tone440_then_tone880_added(&pcm);
     // A seam between frames would show as a jump far above a 440 Hz sine's step at 48 kHz.
-    let left: Vec<f32> = first.chunks_exact(2).map(|p| p[0]).collect();
-    let largest_step = left
+    let largest_step = left(first)
         .windows(2)
         .map(|w| (w[1] - w[0]).abs())
         .fold(0f32, f32::max);
@@ -251,9 +217,9 @@ fn inline_audio_from_the_page_is_mixed_with_media_tracks() {
     let pcm = audio_with_props(r#"{"inline": true, "only440": true, "toneFrequency": 2}"#);
     let middle = window(&pcm, 0.2, 1.8);
     assert!(
-        (frequency(middle, 48_000) - 880.0).abs() < 15.0,
+        (frequency(&left(middle), 48_000) - 880.0).abs() < 15.0,
         "{}",
-        frequency(middle, 48_000)
+        frequency(&left(middle), 48_000)
     );
     assert!((rms(middle) - 0.354).abs() < 0.03, "level {}", rms(middle));
 }
@@ -271,7 +237,7 @@ fn muted_and_silent_renders_have_no_audio_unless_enforced() {
     m.enforce_audio_track = true;
     let r = render(&m);
     assert!(audio_stream(&r.path).is_some(), "enforceAudioTrack");
-    assert!(peak(&pcm_of(&r.path).unwrap()) < 0.001, "and it is silent");
+    assert!(peak(&stereo_pcm(&r.path)) < 0.001, "and it is silent");
 }
 
 #[test]
@@ -288,7 +254,7 @@ fn volume_curves_playback_rate_and_trims() {
     assert!(rms(window(&pcm, 0.2, 0.8)) > 0.3);
     assert!(rms(window(&pcm, 1.2, 1.9)) < 0.01, "after the source ends");
     assert!(
-        (frequency(window(&pcm, 0.2, 0.8), 48_000) - 440.0).abs() < 10.0,
+        (frequency(&left(window(&pcm, 0.2, 0.8)), 48_000) - 440.0).abs() < 10.0,
         "same pitch"
     );
 
@@ -317,10 +283,10 @@ fn audio_only_codecs_and_lossless() {
             "{codec}: audio only"
         );
         assert_eq!(audio_stream(&r.path).unwrap()["codec_name"], name);
-        let pcm = pcm_of(&r.path).unwrap();
+        let pcm = stereo_pcm(&r.path);
         let seconds = pcm.len() as f64 / 2.0 / 48_000.0;
         assert!((seconds - 2.0).abs() < 0.1, "{codec}: {seconds} s");
-        assert!((frequency(window(&pcm, 0.1, 0.9), 48_000) - 440.0).abs() < 10.0);
+        assert!((frequency(&left(window(&pcm, 0.1, 0.9)), 48_000) - 440.0).abs() < 10.0);
     }
     let mut m = media("Audio");
     m.codec = Codec::Mp3;
@@ -410,5 +376,5 @@ fn a_static_file_of_a_local_bundle_is_fetched_without_resolving_localhost() {
         output.status.code(),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_tone440_then_tone880_added(&pcm_of(&out).expect("an audio stream"));
+    assert_tone440_then_tone880_added(&stereo_pcm(&out));
 }

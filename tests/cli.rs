@@ -7,9 +7,11 @@ use std::process::Command;
 use common::*;
 
 fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(binary())
+    let tmp = tempfile::tempdir().unwrap();
+    clean_env(&mut Command::new(binary()))
         .args(args)
-        .env("RUST_LOG", "info")
+        .env("TMPDIR", tmp.path())
+        .env("HOME", tmp.path())
         .output()
         .expect("run the CLI")
 }
@@ -74,19 +76,23 @@ fn the_timings_line_says_where_a_slow_page_spends_its_time() {
     };
     assert_eq!(timings["frames"], 20);
     assert_eq!(timings["tabs"], 1);
+    // Lower bounds only: a slower machine adds to them, never takes away.
     let seek = field("seek_ms_per_frame");
     assert!(
         seek >= 140.0,
         "the page's 150 ms per frame is in the seek: {timings}"
     );
-    assert!(
-        field("screenshot_ms_per_frame") < seek,
-        "a 320x180 screenshot is quicker than the page: {timings}"
-    );
-    // One tab spends at least its seeks in the frame stage: 20 × 150 ms.
-    assert!(field("frames_ms") >= 20.0 * 140.0, "{timings}");
-    assert!(field("fps") > 0.0 && field("setup_ms") > 0.0, "{timings}");
-    assert!(field("encode_ms_per_frame") > 0.0, "{timings}");
+    // One tab: its seeks happen one after another inside the frame stage (each per-frame
+    // figure is rounded to 0.1 ms).
+    assert!(field("frames_ms") + 2.0 >= 20.0 * seek, "{timings}");
+    for measured in [
+        "fps",
+        "setup_ms",
+        "screenshot_ms_per_frame",
+        "encode_ms_per_frame",
+    ] {
+        assert!(field(measured) > 0.0, "{measured}: {timings}");
+    }
 }
 
 #[test]
@@ -173,7 +179,9 @@ fn verbose_log_forwards_the_page_console() {
         "--frames",
         "0-1",
     ]);
-    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("page console"));
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(quiet.status.success(), "{stderr}");
+    assert!(!stderr.contains("page console"), "{stderr}");
 }
 
 /// Renders frame 0 of `composition` with extra flags and returns its pixels.
@@ -208,4 +216,68 @@ fn props_and_env_files() {
     assert_close(f.pixel(0, 300, 170), [255, 0, 255], 12, "inline props");
     let f = first_frame("EnvVars", &["--env-file", env.to_str().unwrap()]);
     assert_close(f.pixel(0, 160, 90), [0, 255, 0], 12, "env file");
+}
+
+#[test]
+fn ctrl_c_stops_a_render_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmp, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let out = dir.path().join("video.mp4");
+    // 20 frames of 400 ms: still rendering when Ctrl-C comes.
+    let mut child = clean_env(&mut Command::new(binary()))
+        .args(["render", &site_dir(), "SlowFrames"])
+        .arg(&out)
+        .args(["--props", r#"{"delayMs": 400}"#])
+        .env("TMPDIR", tmp.path())
+        .env("HOME", home.path())
+        // As in a login session: Chromium's PulseAudio client keeps its runtime directory
+        // there, and would otherwise leave an empty `pulse-*` in TMPDIR.
+        .env("XDG_RUNTIME_DIR", home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the CLI");
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut all = sink.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+    wait_until("the render to start", || {
+        stderr.lock().unwrap().contains(r#""message":"rendering""#)
+    });
+    let browser = children(child.id())
+        .into_iter()
+        .find(|p| p.exe.starts_with("/usr/lib/chromium/"))
+        .expect("the CLI's browser")
+        .pid;
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut status = None;
+    wait_until("the CLI to exit", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    reader.join().unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert!(!status.unwrap().success(), "{stderr}");
+    assert!(stderr.contains("cancelled"), "says why: {stderr}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "no output, no partial file"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    wait_until("the browser's processes to exit", || {
+        group_members(browser).is_empty()
+    });
 }

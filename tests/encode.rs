@@ -15,46 +15,14 @@ use cloudrun_render::options::{
     AudioCodec, Codec, ColorSpace, MediaOptions, PixelFormat, ProResProfile, VideoImageFormat,
     X264Preset,
 };
-use common::{RgbFrames, bar_code, ffprobe, video_stream};
+use common::{
+    RgbFrames, audio_stream, bar_code, bars_picture, ffprobe, frequency, left, rms, stereo_pcm,
+    video_stream,
+};
 use serde_json::Value;
 
 const W: u32 = 320;
 const H: u32 = 180;
-
-/// The fixtures' picture for frame `f`: ten bars with the frame number on top, a colour that
-/// moves with `f` below (fixtures/README.md), and, with `noise`, grain that makes every frame
-/// expensive to encode.
-fn picture(f: u64, width: u32, height: u32, noise: bool) -> Vec<u8> {
-    let (w, h) = (width as usize, height as usize);
-    let mut rgb = vec![0u8; w * h * 3];
-    let mut seed = f.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    for y in 0..h {
-        for x in 0..w {
-            let px = if y < h.div_ceil(2) {
-                let bar = x * 10 / w;
-                if (f >> (9 - bar)) & 1 == 1 {
-                    [255; 3]
-                } else {
-                    [0; 3]
-                }
-            } else {
-                let c = ((2 * f) % 256) as u8;
-                let mut px = [c, 128, 255 - c];
-                if noise {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    for v in &mut px {
-                        *v = v.saturating_add((seed % 64) as u8);
-                    }
-                }
-                px
-            };
-            rgb[(y * w + x) * 3..][..3].copy_from_slice(&px);
-        }
-    }
-    rgb
-}
 
 fn jpeg(rgb: &[u8], width: u32, height: u32) -> Vec<u8> {
     let mut out = Vec::new();
@@ -80,7 +48,7 @@ fn png_rgba(rgba: &[u8], width: u32, height: u32) -> Vec<u8> {
 /// The picture with its bottom half transparent and a half-transparent red square at the
 /// bottom right, like the `FramesAlpha` fixture.
 fn picture_alpha(f: u64, width: u32, height: u32) -> Vec<u8> {
-    let rgb = picture(f, width, height, false);
+    let rgb = bars_picture(f, width, height, false);
     let (w, h) = (width as usize, height as usize);
     let mut rgba = Vec::with_capacity(w * h * 4);
     for (i, px) in rgb.chunks_exact(3).enumerate() {
@@ -109,7 +77,7 @@ fn settings_for(media: &MediaOptions, image_format: VideoImageFormat, fps: f64) 
 /// Encodes `frames` JPEG screenshots of the test picture through the real decode path.
 fn encode_jpeg(media: &MediaOptions, frames: u64, fps: f64, noise: bool) -> Encoded {
     let s = settings_for(media, VideoImageFormat::Jpeg, fps);
-    let shots = (0..frames).map(|f| jpeg(&picture(f, W, H, noise), W, H));
+    let shots = (0..frames).map(|f| jpeg(&bars_picture(f, W, H, noise), W, H));
     encode_shots(&s, shots)
 }
 
@@ -121,9 +89,15 @@ fn encode_png_alpha(media: &MediaOptions, frames: u64, fps: f64) -> Encoded {
 
 fn encode_shots(s: &VideoSettings, shots: impl Iterator<Item = Vec<u8>>) -> Encoded {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir
-        .path()
-        .join(format!("out.{}", encode::file_extension(s.codec, None)));
+    let path = dir.path().join(match s.codec {
+        Codec::H264 | Codec::H265 => "out.mp4",
+        Codec::H264Mkv => "out.mkv",
+        Codec::H264Ts => "out.ts",
+        Codec::Vp8 | Codec::Vp9 => "out.webm",
+        Codec::Prores => "out.mov",
+        Codec::Gif => "out.gif",
+        audio_only => panic!("{audio_only} has no video"),
+    });
     let preparer = FramePreparer::new(s);
     let mut encoder = VideoEncoder::create(&path, s).expect("create the encoder");
     let mut n = 0;
@@ -436,7 +410,7 @@ fn gif_frames_stream_through_the_palette() {
     let path = dir.path().join("out.gif");
     let preparer = FramePreparer::new(&s);
     let mut encoder = VideoEncoder::create(&path, &s).unwrap();
-    let rgb = picture(1, W, H, false);
+    let rgb = bars_picture(1, W, H, false);
     for pushed in 1..=20u64 {
         encoder
             .push(preparer.prepare_raw(&rgb, W, H, false).unwrap())
@@ -494,7 +468,7 @@ fn jpeg_420(rgb: &[u8], dir: &Path) -> Vec<u8> {
 #[test]
 fn jpeg_frames_become_what_ffmpeg_makes_of_them() {
     let dir = tempfile::tempdir().unwrap();
-    let shot = jpeg_420(&picture(300, W, H, true), dir.path());
+    let shot = jpeg_420(&bars_picture(300, W, H, true), dir.path());
     std::fs::write(dir.path().join("shot.jpg"), &shot).unwrap();
     let reference = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])
@@ -690,47 +664,8 @@ fn to_s16(samples: &[f32]) -> Vec<i16> {
     samples.iter().map(|v| (v * 32767.0) as i16).collect()
 }
 
-/// The left channel of the first audio stream at 48 kHz, decoded by ffmpeg.
-fn decoded_audio(path: &Path) -> Vec<f32> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args([
-            "-map", "0:a:0", "-ac", "2", "-ar", "48000", "-f", "f32le", "-",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stereo: Vec<f32> = bytemuck::pod_collect_to_vec(&out.stdout);
-    stereo.iter().step_by(2).copied().collect()
-}
-
-/// Frequency (from zero crossings) and RMS level of a stretch of samples.
-fn frequency_and_level(samples: &[f32]) -> (f64, f64) {
-    let crossings = samples
-        .windows(2)
-        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
-        .count();
-    let seconds = samples.len() as f64 / RATE as f64;
-    let rms =
-        (samples.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / samples.len() as f64).sqrt();
-    (crossings as f64 / 2.0 / seconds, rms)
-}
-
-fn audio_stream(path: &Path) -> Value {
-    ffprobe(path)
-        .streams
-        .into_iter()
-        .find(|s| s["codec_type"] == "audio")
-        .expect("an audio stream")
-}
-
 fn assert_tone(samples: &[f32], freq: f64, level: f64, what: &str) {
-    let (f, rms) = frequency_and_level(samples);
+    let (f, rms) = (frequency(samples, RATE), rms(samples));
     assert!((f - freq).abs() < freq * 0.02, "{what}: {f} Hz, not {freq}");
     let want = level / 2f64.sqrt();
     assert!(
@@ -761,13 +696,13 @@ fn audio_only_outputs_carry_the_tone() {
         let settings = AudioSettings::new(codec, Some("128k")).unwrap();
         let container = encode::muxer_for_extension(ext).unwrap();
         write_audio_only(&mut pcm, &settings, None, &path, container).unwrap();
-        let a = audio_stream(&path);
+        let a = audio_stream(&path).expect("an audio stream");
         assert_eq!(a["codec_name"], codec_name, "{codec}");
         assert_eq!(a["sample_rate"], "48000", "{codec}");
         assert_eq!(a["channels"], 2, "{codec}");
         let duration = num(&ffprobe(&path).format["duration"]);
         assert!((duration - 1.0).abs() < tolerance, "{codec}: {duration} s");
-        let decoded = decoded_audio(&path);
+        let decoded = left(&stereo_pcm(&path));
         // Skip the encoders' ramp-in and ramp-out.
         assert_tone(&decoded[4800..40000], 440.0, 0.5, &codec.to_string());
         if codec != AudioCodec::Pcm16 {
@@ -806,7 +741,7 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
         let v = video_stream(&probe);
         assert_eq!(v["nb_read_frames"], "25");
         assert_eq!(v["codec_name"], "h264");
-        let a = audio_stream(&out);
+        let a = audio_stream(&out).expect("an audio stream");
         assert_eq!(a["codec_name"], "aac");
         let audio_duration = num(&a["duration"]);
         assert!(
@@ -825,11 +760,11 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
             bytes.windows(64).any(|w| w == first_sample),
             "video packets copied"
         );
-        let decoded = decoded_audio(&out);
+        let decoded = left(&stereo_pcm(&out));
         let tone_until = (seconds.min(1.0) * RATE as f64) as usize;
         assert_tone(&decoded[2400..tone_until - 2400], 440.0, 0.5, "tone part");
         if seconds < 1.0 {
-            let (_, rms) = frequency_and_level(&decoded[tone_until + 2400..]);
+            let rms = rms(&decoded[tone_until + 2400..]);
             assert!(rms < 0.01, "padding is silence: {rms}");
         }
         let frames = RgbFrames::decode(&out);
@@ -840,20 +775,24 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
 #[test]
 fn remux_into_every_container_the_codecs_use() {
     let cases = [
-        (Codec::H264, AudioCodec::Pcm16, "pcm_s16le"),
-        (Codec::H264, AudioCodec::Mp3, "mp3"),
-        (Codec::H265, AudioCodec::Aac, "aac"),
-        (Codec::Vp8, AudioCodec::Opus, "opus"),
-        (Codec::Vp9, AudioCodec::Pcm16, "pcm_s16le"),
-        (Codec::Prores, AudioCodec::Pcm16, "pcm_s16le"),
-        (Codec::Prores, AudioCodec::Aac, "aac"),
-        (Codec::H264Mkv, AudioCodec::Mp3, "mp3"),
-        (Codec::H264Ts, AudioCodec::Aac, "aac"),
+        (Codec::H264, AudioCodec::Pcm16, "mkv", "pcm_s16le"),
+        (Codec::H264, AudioCodec::Mp3, "mp4", "mp3"),
+        (Codec::H265, AudioCodec::Aac, "mp4", "aac"),
+        (Codec::Vp8, AudioCodec::Opus, "webm", "opus"),
+        (Codec::Vp9, AudioCodec::Pcm16, "mkv", "pcm_s16le"),
+        (Codec::Prores, AudioCodec::Pcm16, "mov", "pcm_s16le"),
+        (Codec::Prores, AudioCodec::Aac, "mov", "aac"),
+        (Codec::H264Mkv, AudioCodec::Mp3, "mkv", "mp3"),
+        (Codec::H264Ts, AudioCodec::Aac, "ts", "aac"),
     ];
     let samples = to_s16(&tone(440.0, 0.5, 0.6));
-    for (codec, audio, codec_name) in cases {
+    for (codec, audio, ext, codec_name) in cases {
+        assert_eq!(
+            encode::file_extension(codec, Some(audio)),
+            ext,
+            "{codec} + {audio}"
+        );
         let video = encode_jpeg(&media(codec), 10, 25.0, false);
-        let ext = encode::file_extension(codec, Some(audio));
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(format!("out.{ext}"));
         let settings = AudioSettings::new(audio, None).unwrap();
@@ -869,7 +808,7 @@ fn remux_into_every_container_the_codecs_use() {
         let probe = ffprobe(&out);
         let v = video_stream(&probe);
         assert_eq!(v["nb_read_frames"], "10", "{codec} + {audio}");
-        let a = audio_stream(&out);
+        let a = audio_stream(&out).expect("an audio stream");
         assert_eq!(a["codec_name"], codec_name, "{codec} + {audio}");
         let duration = num(&probe.format["duration"]);
         assert!(
@@ -881,7 +820,7 @@ fn remux_into_every_container_the_codecs_use() {
                 .map(|s| (&s["start_time"], &s["duration"]))
                 .collect::<Vec<_>>()
         );
-        let decoded = decoded_audio(&out);
+        let decoded = left(&stereo_pcm(&out));
         assert_tone(
             &decoded[2400..14400],
             440.0,

@@ -74,3 +74,65 @@ fn an_operator_can_allow_only_some_serve_url_hosts() {
         "{error}"
     );
 }
+
+/// `/redirect?to=…` on the fixture server.
+fn redirect_to(url: &str) -> String {
+    let to: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+    format!("{}/redirect?to={to}", fixture_server())
+}
+
+#[test]
+fn a_redirect_cannot_take_a_page_where_it_may_not_go() {
+    let service = Service::start(&[]);
+    let allowed = format!("{}/site/index.html", fixture_server());
+    assert!(page_reaches(&service, &redirect_to(&allowed)), "control");
+    assert!(
+        !page_reaches(&service, &redirect_to(&format!("{}/healthz", service.url))),
+        "redirected to the service's own port"
+    );
+}
+
+/// Renders `Offthread` with `src`; the error object if it failed.
+fn offthread_error(service: &Service, src: &str) -> Option<serde_json::Value> {
+    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Offthread");
+    payload["frameRange"] = json!([0, 1]);
+    payload["serializedInputPropsWithCustomSchema"] = json!(json!({"src": src}).to_string());
+    post_like_client(&service.url, &payload).error
+}
+
+#[test]
+fn media_the_page_asks_us_to_fetch_cannot_reach_the_service_or_the_metadata_server() {
+    let service = Service::start(&[]);
+    let video = generated_bars_video("bars30.mp4", 90, 30, 320, 180);
+    assert_eq!(
+        offthread_error(&service, &redirect_to(&video)),
+        None,
+        "control"
+    );
+    let own_port = format!("http://127.0.0.1:{}/healthz", service.port);
+    for (src, refused) in [
+        (own_port.clone(), own_port.clone()),
+        (redirect_to(&own_port), own_port.clone()),
+        (
+            redirect_to("http://169.254.169.254/computeMetadata/v1/token"),
+            "http://169.254.169.254/computeMetadata/v1/token".to_string(),
+        ),
+    ] {
+        let error = offthread_error(&service, &src).expect("the render fails");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("Could not load the OffthreadVideo frame"),
+            "{src}: {error}"
+        );
+        // The page only learns that the frame failed; the log says why.
+        let why = format!("{refused} is not reachable from a render");
+        wait_until(&format!("{src}: {why}"), || {
+            service
+                .log_lines_starting("OffthreadVideo frame request failed")
+                .iter()
+                .any(|l| l["message"].as_str().unwrap().contains(&why))
+        });
+    }
+}

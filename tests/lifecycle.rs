@@ -1,98 +1,86 @@
-//! Process lifetime: no Chromium outlives the service, a dead browser is replaced.
+//! Process lifetime: no Chromium outlives the service, a dead browser is replaced, admission,
+//! clients that leave, and shutdown.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::crash::group_members;
 use common::*;
-use serde_json::json;
-
-/// Live (non-zombie) processes whose parent is `pid`.
-fn children(pid: u32) -> Vec<(u32, String)> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let mut fields = stat.rsplit(')').next().unwrap().split_whitespace();
-        let state = fields.next().unwrap().to_string();
-        let ppid: u32 = fields.next().unwrap().parse().unwrap();
-        if ppid == pid && state != "Z" {
-            let exe = std::fs::read_link(format!("/proc/{child}/exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            out.push((child, exe));
-        }
-    }
-    out
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use serde_json::{Value, json};
 
 /// The real Chromium binary the service started (not Debian's wrapper script).
 fn service_browser(service: &Service) -> u32 {
     let kids = children(service.child.id());
     let browsers: Vec<_> = kids
         .iter()
-        .filter(|(_, exe)| exe.starts_with("/usr/lib/chromium/"))
+        .filter(|p| p.exe.starts_with("/usr/lib/chromium/"))
         .collect();
     assert_eq!(
         browsers.len(),
         1,
         "exactly one warm browser, started directly: {kids:?}"
     );
-    browsers[0].0
+    browsers[0].pid
+}
+
+fn site() -> String {
+    format!("{}/site", fixture_server())
+}
+
+/// A two-frame render: quick, for checking that the instance takes renders.
+fn small_render() -> Value {
+    let mut payload = media_payload(&site(), "Frames");
+    payload["frameRange"] = json!([0, 1]);
+    payload
+}
+
+/// Starts a media render of `SlowFrames` (each frame waits `delay_ms` in the page) and returns
+/// the open stream once the first progress line arrived: the render is running.
+fn start_slow_render(service: &Service, render_id: &str, delay_ms: u64) -> ClientStream {
+    let mut payload = media_payload(&site(), "SlowFrames");
+    payload["renderIdOverride"] = json!(render_id);
+    payload["serializedInputPropsWithCustomSchema"] =
+        json!(json!({"delayMs": delay_ms}).to_string());
+    let mut stream = ClientStream::open(&service.url, &payload);
+    assert_eq!(stream.status(), 200);
+    let first = stream.next_message().expect("a first message");
+    assert!(first.get("onProgress").is_some(), "{first}");
+    stream
 }
 
 #[test]
 fn the_browser_dies_with_the_service_on_sigterm() {
-    let _alone = timing_sensitive();
+    let _shared = beside_timed_tests();
     let service = Service::start(&[]);
     let browser = service_browser(&service);
     assert!(!group_members(browser).is_empty());
     assert!(service.stop().success());
-    wait_until(
-        "the browser's processes to exit",
-        Duration::from_secs(5),
-        || group_members(browser).is_empty(),
-    );
+    wait_until("the browser's processes to exit", || {
+        group_members(browser).is_empty()
+    });
 }
 
 #[test]
 fn the_browser_dies_with_the_service_on_sigkill() {
-    let _alone = timing_sensitive();
+    let _shared = beside_timed_tests();
     let mut service = Service::start(&[]);
     let browser = service_browser(&service);
     service.child.kill().unwrap();
     service.child.wait().unwrap();
-    wait_until(
-        "the browser's processes to exit",
-        Duration::from_secs(5),
-        || group_members(browser).is_empty(),
-    );
+    wait_until("the browser's processes to exit", || {
+        group_members(browser).is_empty()
+    });
 }
 
 #[test]
 fn a_dead_browser_is_replaced_and_leaves_nothing_behind() {
-    let _alone = timing_sensitive();
+    let _shared = beside_timed_tests();
     let service = Service::start(&[]);
     let first = service_browser(&service);
     unsafe { libc::kill(first as i32, libc::SIGKILL) };
-    wait_until("the old browser to go", Duration::from_secs(5), || {
-        group_members(first).is_empty()
-    });
+    wait_until("the old browser to go", || group_members(first).is_empty());
 
-    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
+    let mut payload = media_payload(&site(), "Frames");
     payload["frameRange"] = json!([0, 4]);
     let read = post_like_client(&service.url, &payload);
     assert!(
@@ -103,68 +91,19 @@ fn a_dead_browser_is_replaced_and_leaves_nothing_behind() {
     let second = service_browser(&service);
     assert_ne!(first, second);
     assert!(service.stop().success());
-    wait_until("the new browser to exit", Duration::from_secs(5), || {
+    wait_until("the new browser to exit", || {
         group_members(second).is_empty()
     });
 }
 
-/// Starts a media render of `SlowFrames` (slow on purpose) and returns the open response once
-/// the first progress line arrived.
-fn start_slow_render(service: &Service, render_id: &str, delay_ms: u64) -> reqwest::Response {
-    let mut payload = media_payload(&format!("{}/site", fixture_server()), "SlowFrames");
-    payload["renderIdOverride"] = json!(render_id);
-    payload["serializedInputPropsWithCustomSchema"] =
-        json!(json!({"delayMs": delay_ms}).to_string());
-    runtime().block_on(async {
-        let mut resp = reqwest::Client::new()
-            .post(&service.url)
-            .json(&payload)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        loop {
-            let chunk = resp.chunk().await.unwrap().expect("the stream ended early");
-            if std::str::from_utf8(&chunk).unwrap().contains("onProgress") {
-                break;
-            }
-        }
-        resp
-    })
-}
-
-/// Reads the rest of a stream and returns the last message.
-fn last_message(mut resp: reqwest::Response) -> serde_json::Value {
-    runtime().block_on(async {
-        let mut last = String::new();
-        while let Some(chunk) = resp.chunk().await.unwrap() {
-            last = String::from_utf8(chunk.to_vec()).unwrap();
-        }
-        serde_json::from_str(last.trim()).unwrap()
-    })
-}
-
 #[test]
 fn a_second_render_is_refused_at_once_not_queued() {
-    let _alone = timing_sensitive();
+    let _shared = beside_timed_tests();
     let service = Service::start(&[]);
-    let running = start_slow_render(&service, "admission1", 200);
-    let started = Instant::now();
-    let second = runtime().block_on(async {
-        reqwest::Client::new()
-            .post(&service.url)
-            .json(&media_payload(
-                &format!("{}/site", fixture_server()),
-                "Frames",
-            ))
-            .send()
-            .await
-            .unwrap()
-    });
-    assert_eq!(second.status(), 429);
-    assert!(started.elapsed() < Duration::from_secs(2));
-    let body: serde_json::Value = runtime().block_on(second.json()).unwrap();
-    assert_eq!(body["type"], "error");
+    let mut running = start_slow_render(&service, "admission1", 200);
+    let second = post_like_client(&service.url, &small_render());
+    assert_eq!(second.status, 429);
+    let body = second.error.expect("an error object");
     assert!(
         body["message"]
             .as_str()
@@ -172,17 +111,81 @@ fn a_second_render_is_refused_at_once_not_queued() {
             .contains("already rendering"),
         "{body}"
     );
-    // The first render is unaffected, and its slot frees when it ends.
-    assert!(last_message(running).get("response").is_some());
-    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
-    payload["frameRange"] = json!([0, 1]);
-    assert!(post_like_client(&service.url, &payload).response.is_some());
+    // Refused while the first still rendered, not after: its progress goes on after the 429.
+    let next = running.next_message().expect("the first render goes on");
+    assert!(next.get("onProgress").is_some(), "{next}");
+    // The first render is unaffected, and its slot is free by the time its client has the
+    // answer (as for Cloud Run, which sends the next request then).
+    let first = running.finish();
+    first.assert_framing();
+    assert!(first.response.is_some(), "{:?}", first.error);
+    let third = post_like_client(&service.url, &small_render());
+    assert!(
+        third.response.is_some(),
+        "{} {:?}",
+        third.status,
+        third.error
+    );
 }
 
 #[test]
-fn a_client_that_leaves_stops_its_render_within_two_seconds() {
-    let _alone = timing_sensitive();
+fn the_slot_is_free_once_the_client_has_its_answer() {
+    let _shared = beside_timed_tests();
     let service = Service::start(&[]);
+    // A receiver that never answers: the render's last webhook call is still out when its
+    // client reads the final message.
+    let hook = WebhookReceiver::answering(WebhookAnswer::Never);
+    let mut payload = small_render();
+    payload["renderStatusWebhook"] = json!({"url": hook.url, "headers": {}, "data": null});
+    let mut first = ClientStream::open(&service.url, &payload);
+    while first
+        .next_message()
+        .expect("the final message")
+        .get("response")
+        .is_none()
+    {}
+    let next = post_like_client(&service.url, &small_render());
+    assert!(next.response.is_some(), "{} {:?}", next.status, next.error);
+}
+
+#[test]
+fn more_renders_at_once_when_the_operator_allows_them() {
+    let _shared = beside_timed_tests();
+    let service = Service::start(&[("CLOUDRUN_RENDER_MAX_RENDERS", "2")]);
+    let one = start_slow_render(&service, "parallel01", 400);
+    let two = start_slow_render(&service, "parallel02", 400);
+    let third = post_like_client(&service.url, &small_render());
+    assert_eq!(third.status, 429, "two slots, both taken");
+    drop((one, two));
+    let read = post_when_free(&service.url, &small_render());
+    assert!(read.response.is_some(), "{:?}", read.error);
+}
+
+#[test]
+fn a_still_holds_the_render_slot_while_it_renders() {
+    let _shared = beside_timed_tests();
+    let service = Service::start(&[]);
+    // A still whose page never gets ready: it holds the slot until its client leaves.
+    let mut still = still_payload(&site(), "Timeout");
+    still["serializedInputPropsWithCustomSchema"] = json!(json!({"hangAt": 0}).to_string());
+    still["delayRenderTimeoutInMilliseconds"] = json!(600_000);
+    let mut running = ClientStream::open(&service.url, &still);
+    // The head is sent once the request has its slot.
+    assert_eq!(running.status(), 200);
+    let media = post_like_client(&service.url, &small_render());
+    assert_eq!(media.status, 429);
+    let another_still = post_like_client(&service.url, &still_payload(&site(), "Stills"));
+    assert_eq!(another_still.status, 429);
+    drop(running);
+    let read = post_when_free(&service.url, &small_render());
+    assert!(read.response.is_some(), "{:?}", read.error);
+}
+
+#[test]
+fn a_client_that_leaves_stops_its_render() {
+    let _shared = beside_timed_tests();
+    let service = Service::start(&[]);
+    // 20 frames of 400 ms each: had it gone on, it would have run for 8 s and more.
     let running = start_slow_render(&service, "leaver0001", 400);
     assert_eq!(
         service.temp_entries("cloudrun-render-work-").len(),
@@ -190,53 +193,85 @@ fn a_client_that_leaves_stops_its_render_within_two_seconds() {
         "the render's work dir"
     );
     drop(running);
-    let left = Instant::now();
-    wait_until(
-        "the work directory to be removed",
-        Duration::from_secs(2),
-        || {
-            service.temp_entries("cloudrun-render-work-").is_empty()
-                && service.temp_entries("cloudrun-render-media-").is_empty()
-        },
+    wait_until("the work directory to be removed", || {
+        service.temp_entries("cloudrun-render-work-").is_empty()
+            && service.temp_entries("cloudrun-render-media-").is_empty()
+    });
+    // Once the slot is free the render has settled: whatever it was going to upload is there.
+    let mut next = small_render();
+    next["renderIdOverride"] = json!("afterleave");
+    let read = post_when_free(&service.url, &next);
+    assert!(read.response.is_some(), "{:?}", read.error);
+    assert!(
+        !service.object("test-bucket", "renders/leaver0001").exists(),
+        "nothing uploaded, not even error.txt"
     );
-    assert!(left.elapsed() < Duration::from_secs(2));
-    // Nothing was uploaded, not even error.txt, and the slot is free again.
-    assert!(!service.object("test-bucket", "renders/leaver0001").exists());
-    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
-    payload["frameRange"] = json!([0, 1]);
-    assert!(post_like_client(&service.url, &payload).response.is_some());
+    // It stopped rather than ran to its end: a finished render logs its timings, and by the
+    // next render's line every line before it has arrived.
+    service.wait_for_render_end("afterleave");
+    let finished: Vec<_> = service
+        .log_lines("render timings")
+        .iter()
+        .map(|l| l["render_id"].clone())
+        .collect();
+    assert_eq!(finished, ["afterleave"]);
 }
 
 #[test]
-fn sigterm_tells_running_clients_and_exits_in_time() {
+fn sigterm_tells_running_clients_leaves_error_txt_and_exits_in_time() {
     let _alone = timing_sensitive();
     let mut service = Service::start(&[]);
     let browser = service_browser(&service);
     let running = start_slow_render(&service, "sigterm001", 400);
-    unsafe { libc::kill(service.child.id() as i32, libc::SIGTERM) };
+    service.terminate();
     let signalled = Instant::now();
-    let last = last_message(running);
-    assert_eq!(last["type"], "error", "{last}");
-    assert_eq!(last["name"], "ShutdownError");
-    let status = loop {
-        if let Some(s) = service.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(10),
-            "still running 10 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let read = running.finish();
+    read.assert_framing();
+    let last = read.error.expect("an error message");
+    assert_eq!(last["name"], "ShutdownError", "{last}");
+    let status = service.wait_exit();
+    // Cloud Run sends SIGKILL 10 s after SIGTERM: this is the one deadline the suite checks.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exited {:?} after SIGTERM",
+        signalled.elapsed()
+    );
     assert!(status.success());
-    wait_until("the browser to exit", Duration::from_secs(2), || {
-        group_members(browser).is_empty()
-    });
+    wait_until("the browser to exit", || group_members(browser).is_empty());
     assert!(service.temp_entries("cloudrun-render-work-").is_empty());
+    let error_txt: Value = serde_json::from_slice(
+        &std::fs::read(service.object("test-bucket", "renders/sigterm001/error.txt"))
+            .expect("error.txt for the stopped render"),
+    )
+    .unwrap();
+    assert_eq!(error_txt["name"], "ShutdownError");
+    assert_eq!(error_txt["message"], last["message"]);
+    assert_eq!(error_txt["type"], "renderer");
+}
+
+#[test]
+fn a_request_that_arrives_during_shutdown_gets_503() {
+    let _shared = beside_timed_tests();
+    let mut service = Service::start(&[]);
+    // Begun before SIGTERM (so the connection stays open), complete only after it.
+    let mut late = ClientStream::open_holding_body(&service.url, &small_render());
+    late.wait_for_continue();
+    service.terminate();
+    service.wait_for_log("shutting down: stopping running renders");
+    late.send_body();
+    let read = late.finish();
+    assert_eq!(read.status, 503);
+    let error = read.error.expect("an error object");
+    assert!(
+        error["message"].as_str().unwrap().contains("shutting down"),
+        "{error}"
+    );
+    assert!(service.wait_exit().success());
 }
 
 #[test]
 fn oversized_bodies_get_a_clear_413() {
+    let _shared = beside_timed_tests();
     let service = Service::start(&[]);
     let big = vec![b' '; 33 * 1024 * 1024];
     let resp = runtime().block_on(async {
@@ -249,7 +284,7 @@ fn oversized_bodies_get_a_clear_413() {
             .unwrap()
     });
     assert_eq!(resp.status(), 413);
-    let body: serde_json::Value = runtime().block_on(resp.json()).unwrap();
+    let body: Value = runtime().block_on(resp.json()).unwrap();
     assert_eq!(body["type"], "error");
     assert!(
         body["message"].as_str().unwrap().contains("limited to"),
@@ -259,9 +294,8 @@ fn oversized_bodies_get_a_clear_413() {
 
 #[test]
 fn logs_carry_the_cloud_trace_id() {
+    let _shared = beside_timed_tests();
     let service = Service::start(&[("GOOGLE_CLOUD_PROJECT", "test-project")]);
-    let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
-    payload["frameRange"] = json!([0, 1]);
     runtime().block_on(async {
         let resp = reqwest::Client::new()
             .post(&service.url)
@@ -269,18 +303,13 @@ fn logs_carry_the_cloud_trace_id() {
                 "X-Cloud-Trace-Context",
                 "0123456789abcdef0123456789abcdef/1;o=1",
             )
-            .json(&payload)
+            .json(&small_render())
             .send()
             .await
             .unwrap();
         resp.bytes().await.unwrap();
     });
-    let logs = service.log_text();
-    let line = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "rendering")
-        .expect("a JSON log line for the render");
+    let line = service.wait_for_log_where("rendering", |_| true);
     assert_eq!(line["severity"], "INFO");
     assert_eq!(
         line["logging.googleapis.com/trace"],

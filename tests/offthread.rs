@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn render_offthread(
     service: &Service,
@@ -125,4 +125,44 @@ fn the_proxy_answers_like_the_renderers() {
             .unwrap();
         assert_eq!(r.status(), 404);
     });
+}
+
+#[test]
+fn the_payload_sets_the_decoder_threads_and_the_cache_budget() {
+    let src = generated_bars_video("bars30.mp4", 90, 30, 320, 180);
+    let service = Service::start(&[]);
+    let render = |id: &str, threads: Value, cache: Value| {
+        let mut payload = media_payload(&format!("{}/site", fixture_server()), "Offthread");
+        payload["frameRange"] = json!([0, 4]);
+        payload["renderIdOverride"] = json!(id);
+        payload["serializedInputPropsWithCustomSchema"] =
+            json!(json!({"src": src, "offset": 10}).to_string());
+        payload["offthreadVideoThreads"] = threads;
+        payload["offthreadVideoCacheSizeInBytes"] = cache;
+        let read = post_like_client(&service.url, &payload);
+        assert!(read.response.is_some(), "render failed: {:?}", read.error);
+        let out =
+            RgbFrames::decode(&service.object("test-bucket", &format!("renders/{id}/out.mp4")));
+        assert_eq!(out.frame_number(4), 14);
+    };
+    render("threads007", json!(7), json!(5_000_000));
+    service.wait_for_render_end("threads007");
+    let opened = service.log_lines("OffthreadVideo source opened");
+    assert_eq!(opened.len(), 1, "one source, opened once");
+    assert_eq!(opened[0]["decoder_threads"], 7);
+    assert_eq!(opened[0]["cache_budget_bytes"], 5_000_000);
+
+    render("threadsdef", Value::Null, Value::Null);
+    service.wait_for_render_end("threadsdef");
+    let opened = service.log_lines("OffthreadVideo source opened");
+    assert_eq!(opened.len(), 2);
+    assert_eq!(
+        opened[1]["cache_budget_bytes"],
+        128 * 1024 * 1024,
+        "the default"
+    );
+    assert!(
+        opened[1]["decoder_threads"].as_u64().unwrap() >= 1,
+        "libav's choice"
+    );
 }

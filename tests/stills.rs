@@ -8,27 +8,9 @@ use common::*;
 use serde_json::{Value, json};
 
 fn still_payload(composition: &str, format: &str, extra: Value) -> Value {
-    let mut p = json!({
-        "type": "still",
-        "serveUrl": format!("{}/site", fixture_server()),
-        "composition": composition,
-        "serializedInputPropsWithCustomSchema": "{}",
-        "forceHeight": null,
-        "forceWidth": null,
-        "jpegQuality": 80,
-        "imageFormat": format,
-        "scale": 1,
-        "privacy": "public",
-        "envVariables": {},
-        "chromiumOptions": {},
-        "outputBucket": "stills",
-        "outName": null,
-        "frame": 0,
-        "logLevel": "info",
-        "delayRenderTimeoutInMilliseconds": 30000,
-        "clientVersion": "4.0.270",
-        "downloadBehavior": {"type": "play-in-browser"},
-    });
+    let mut p = common::still_payload(&format!("{}/site", fixture_server()), composition);
+    p["imageFormat"] = json!(format);
+    p["outputBucket"] = json!("stills");
     for (k, v) in extra.as_object().unwrap() {
         p[k] = v.clone();
     }
@@ -38,7 +20,6 @@ fn still_payload(composition: &str, format: &str, extra: Value) -> Value {
 /// Renders a still and returns the stored file's bytes and the response.
 fn still(service: &Service, payload: &Value) -> (Vec<u8>, Value) {
     let read = post_like_client(&service.url, payload);
-    assert_eq!(read.leftover.trim(), "");
     assert!(read.progress.is_empty(), "stills stream no progress");
     let response = read
         .response
@@ -194,12 +175,33 @@ fn still_errors_come_back_as_error_objects() {
 
     let read = post_like_client(
         &service.url,
-        &still_payload("Throws", "png", json!({"frame": 5})),
+        &still_payload(
+            "Throws",
+            "png",
+            json!({"frame": 5, "renderIdOverride": "stillfail1"}),
+        ),
     );
+    let error = read.error.expect("the page's exception");
     assert!(
-        read.error.unwrap()["message"]
+        error["message"]
             .as_str()
             .unwrap()
-            .contains("fixture exploded")
+            .contains("fixture exploded at frame 5"),
+        "{error}"
+    );
+    // A failed still leaves error.txt where its output would have been, and no output.
+    let txt: Value = serde_json::from_slice(
+        &std::fs::read(service.object("stills", "renders/stillfail1/error.txt"))
+            .expect("error.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        txt,
+        json!({"name": error["name"], "message": error["message"], "stack": error["stack"], "type": "renderer"})
+    );
+    assert!(
+        !service
+            .object("stills", "renders/stillfail1/out.png")
+            .exists()
     );
 }

@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use cloudrun_render::options::Privacy;
 use cloudrun_render::storage::gcs::{GcsStore, RetryPolicy, Source};
-use cloudrun_render::storage::{ObjectOptions, StorageError, StoredObject, encode_uri_component};
+use cloudrun_render::storage::{ObjectOptions, StorageError, StoredObject};
 use common::faults::{Exchange, Fault, FaultProxy, Rule};
 use common::*;
 use hmac::{KeyInit, Mac};
@@ -26,32 +27,10 @@ fn hmac_sha512_hex(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn leftover_work_dirs(tmp: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(tmp)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("cloudrun-render-work-"))
-        .collect()
-}
-
-fn still_payload(composition: &str, bucket: &str) -> Value {
-    json!({
-        "type": "still",
-        "serveUrl": format!("{}/site", fixture_server()),
-        "composition": composition,
-        "serializedInputPropsWithCustomSchema": "{}",
-        "imageFormat": "png",
-        "frame": 0,
-        "scale": 1,
-        "outputBucket": bucket,
-        "outName": null,
-        "privacy": "public",
-        "envVariables": {},
-        "chromiumOptions": {},
-        "logLevel": "info",
-        "clientVersion": "4.0.270",
-        "downloadBehavior": {"type": "play-in-browser"},
-    })
+fn still_in(bucket: &str) -> Value {
+    let mut payload = still_payload(&format!("{}/site", fixture_server()), "Stills");
+    payload["outputBucket"] = json!(bucket);
+    payload
 }
 
 #[test]
@@ -59,14 +38,7 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     let gcs = FakeGcs::start();
     gcs.create_bucket("media-out");
     let hook = WebhookReceiver::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start_gcs(
-        &gcs,
-        &[
-            ("CLOUDRUN_RENDER_WEBHOOK_SECRET", SECRET),
-            ("TMPDIR", tmp.path().to_str().unwrap()),
-        ],
-    );
+    let service = Service::start_gcs(&gcs, &[("CLOUDRUN_RENDER_WEBHOOK_SECRET", SECRET)]);
     let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
     payload["frameRange"] = json!([0, 29]);
     payload["outputBucket"] = json!("media-out");
@@ -80,7 +52,6 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     });
     let read = post_like_client(&service.url, &payload);
     assert!(read.error.is_none(), "{:?}", read.error);
-    assert_eq!(read.leftover.trim(), "");
     let response = read.response.expect("a final response");
 
     let id = response["renderId"].as_str().unwrap().to_string();
@@ -120,16 +91,15 @@ fn a_media_render_lands_in_gcs_with_its_metadata_acl_and_a_signed_webhook() {
     let bytes = gcs.download("media-out", &key);
     assert_eq!(bytes.len().to_string(), object["size"].as_str().unwrap());
     assert_eq!(object["crc32c"], b64_crc32c(&bytes));
-    let local = tmp.path().join("downloaded.mp4");
+    let downloaded = tempfile::tempdir().unwrap();
+    let local = downloaded.path().join("downloaded.mp4");
     std::fs::write(&local, &bytes).unwrap();
     assert_eq!(video_stream(&ffprobe(&local))["nb_read_frames"], "30");
-    std::fs::remove_file(&local).unwrap();
     assert_eq!(gcs.keys("media-out", &format!("renders/{id}/")), [key]);
-    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert!(service.temp_entries("cloudrun-render-work-").is_empty());
 
     // The webhook: progress calls by the original's rule, then the final call.
-    // The final call follows the response; it is not there yet when the stream ends.
-    let calls = held::calls_through_the_final_one(&hook);
+    let calls = hook.calls_until_final();
     assert!(calls.len() >= 3, "{} calls", calls.len());
     for call in &calls {
         assert_eq!(call.headers["x-custom"], "abc");
@@ -183,7 +153,7 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
     gcs.create_bucket("stills-out");
     let service = Service::start_gcs(&gcs, &[]);
 
-    let mut private = still_payload("Stills", "stills-out");
+    let mut private = still_in("stills-out");
     private["privacy"] = json!("private");
     private["imageFormat"] = json!("jpeg");
     private["renderIdOverride"] = json!("stillpriv1");
@@ -212,7 +182,7 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
     );
     assert_eq!(&gcs.download("stills-out", key)[..3], [0xff, 0xd8, 0xff]);
 
-    let mut no_acl = still_payload("Stills", "stills-out");
+    let mut no_acl = still_in("stills-out");
     no_acl["privacy"] = json!("no-acl");
     no_acl["outName"] = json!("thumbs/a.png");
     no_acl["renderIdOverride"] = json!("stillnoacl");
@@ -235,22 +205,18 @@ fn stills_get_the_acl_content_type_and_disposition_of_their_privacy() {
             .any(|e| e.starts_with("allUsers"))
     );
 
-    let public = still_payload("Stills", "stills-out");
+    let mut public = still_in("stills-out");
+    public["renderIdOverride"] = json!("stillpubl1");
     let response = post_like_client(&service.url, &public)
         .response
         .expect("a response");
-    let id = response["renderId"].as_str().unwrap();
-    let key = format!("renders/{id}/out.png");
     assert_eq!(response["privacy"], "public-read");
     assert_eq!(
         response["publicUrl"],
-        format!(
-            "https://storage.googleapis.com/stills-out/{}",
-            encode_uri_component(&key)
-        )
+        "https://storage.googleapis.com/stills-out/renders%2Fstillpubl1%2Fout.png"
     );
     assert!(
-        gcs.acl("stills-out", &key)
+        gcs.acl("stills-out", "renders/stillpubl1/out.png")
             .contains(&"allUsers:READER".to_string())
     );
 }
@@ -260,8 +226,7 @@ fn a_render_that_throws_leaves_error_txt_no_output_and_an_error_webhook() {
     let gcs = FakeGcs::start();
     gcs.create_bucket("fail-out");
     let hook = WebhookReceiver::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start_gcs(&gcs, &[("TMPDIR", tmp.path().to_str().unwrap())]);
+    let service = Service::start_gcs(&gcs, &[]);
     let mut payload = media_payload(&format!("{}/site", fixture_server()), "Throws");
     payload["serializedInputPropsWithCustomSchema"] = json!("{\"throwAt\": 12}");
     payload["outputBucket"] = json!("fail-out");
@@ -298,10 +263,9 @@ fn a_render_that_throws_leaves_error_txt_no_output_and_an_error_webhook() {
         .map(|k| txt.find(k).unwrap())
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{txt}");
-    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert!(service.temp_entries("cloudrun-render-work-").is_empty());
 
-    // The final call follows the response; it is not there yet when the stream ends.
-    let calls = held::calls_through_the_final_one(&hook);
+    let calls = hook.calls_until_final();
     let last = calls.last().expect("webhook calls").json();
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"], error);
@@ -624,45 +588,65 @@ fn a_transient_failure_to_start_is_retried() {
 
 #[test]
 fn a_misconfiguration_fails_fast_instead_of_hanging() {
-    let gcs = FakeGcs::start();
+    let (gcs, proxy) = emulator_behind_proxy("exists", vec![]);
     let bytes = || Source::Bytes(vec![1, 2, 3].into());
-    let started = std::time::Instant::now();
-    // A bucket that does not exist is not worth retrying.
-    let store = GcsStore::emulator(&gcs.host).with_policy(quick_policy());
+    // A bucket that does not exist is not worth retrying: one try.
+    let store = GcsStore::emulator(&proxy.url).with_policy(quick_policy());
     let e = runtime()
         .block_on(store.put("nope", "renders/x/out.mp4", bytes(), &video_options()))
         .expect_err("no such bucket");
     assert!(e.to_string().contains("nope"), "{e}");
-    // Nothing listening: a few quick attempts, then the error.
+    let starts = proxy.of(Exchange::Start).len();
+    assert_eq!(starts, 1, "{:#?}", proxy.seen());
+    assert!(gcs.keys("exists", "").is_empty());
+
+    // A peer that hangs up on every request: the policy's attempts, then the error.
+    let (hang_up, accepted) = hangs_up_on_everyone();
+    let store = GcsStore::emulator(&hang_up).with_policy(quick_policy());
+    let e = runtime()
+        .block_on(store.put("b", "renders/x/out.mp4", bytes(), &video_options()))
+        .expect_err("nobody answers");
+    eprintln!("{e}");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        quick_policy().attempts as usize
+    );
+
+    // Nothing listening at all: an error, not a hang.
+    let closed = ClosedPort::new();
     let dead =
-        GcsStore::emulator(&format!("127.0.0.1:{}", free_port())).with_policy(quick_policy());
+        GcsStore::emulator(&format!("127.0.0.1:{}", closed.port)).with_policy(quick_policy());
     let e = runtime()
         .block_on(dead.put("b", "renders/x/out.mp4", bytes(), &video_options()))
         .expect_err("nobody there");
     eprintln!("{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
-/// The service storing through `proxy`, with its temporary files in `tmp`, and what the client
+/// A loopback server that closes every connection it accepts without a word; returns its
+/// `host:port` and how many connections it took.
+fn hangs_up_on_everyone() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (host, accepted)
+}
+
+/// The service storing through `proxy`, and what the client
 /// read of a render of the first `frames` frames of `Frames` to `bucket` as render `id`.
 fn render_through(
     proxy: &FaultProxy,
-    tmp: &std::path::Path,
     bucket: &str,
     id: &str,
     frames: u32,
 ) -> (Service, ClientRead) {
-    let service = Service::start_with(
-        &[
-            ("STORAGE_EMULATOR_HOST", proxy.url.as_str()),
-            ("TMPDIR", tmp.to_str().unwrap()),
-        ],
-        false,
-    );
+    let service = Service::start_with(&[("STORAGE_EMULATOR_HOST", proxy.url.as_str())], false);
     let mut payload = media_payload(&format!("{}/site", fixture_server()), "Frames");
     payload["frameRange"] = json!([0, frames - 1]);
     payload["outputBucket"] = json!(bucket);
@@ -681,7 +665,7 @@ fn a_render_whose_upload_connection_breaks_still_succeeds() {
     ];
     let (gcs, proxy) = emulator_behind_proxy("broken-net", rules);
     let tmp = tempfile::tempdir().unwrap();
-    let (service, read) = render_through(&proxy, tmp.path(), "broken-net", "brokennet1", 30);
+    let (service, read) = render_through(&proxy, "broken-net", "brokennet1", 30);
     assert!(read.error.is_none(), "{:?}", read.error);
     let response = read.response.expect("a final response");
     assert_eq!(response["type"], "success");
@@ -713,7 +697,10 @@ fn a_render_whose_upload_connection_breaks_still_succeeds() {
         service.log_text().contains("starting over from byte 0"),
         "the restart is logged"
     );
-    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert_eq!(
+        service.temp_entries("cloudrun-render-work-"),
+        Vec::<String>::new()
+    );
     assert!(service.stop().success());
 }
 
@@ -724,9 +711,8 @@ fn a_render_whose_upload_connection_breaks_still_succeeds() {
 fn a_storage_path_that_never_works_ends_with_the_storage_error() {
     let rules = vec![Rule::every(Exchange::Start, Fault::Status(503))];
     let (gcs, proxy) = emulator_behind_proxy("never", rules);
-    let tmp = tempfile::tempdir().unwrap();
     let started = std::time::Instant::now();
-    let (service, read) = render_through(&proxy, tmp.path(), "never", "neverworks", 10);
+    let (service, read) = render_through(&proxy, "never", "neverworks", 10);
     let elapsed = started.elapsed();
     eprintln!("the render with a storage path that never works answered in {elapsed:?}");
     let error = read.error.expect("the error object");
@@ -753,6 +739,9 @@ fn a_storage_path_that_never_works_ends_with_the_storage_error() {
         "error.txt was attempted"
     );
     assert!(gcs.generations("never").is_empty());
-    assert_eq!(leftover_work_dirs(tmp.path()), Vec::<String>::new());
+    assert_eq!(
+        service.temp_entries("cloudrun-render-work-"),
+        Vec::<String>::new()
+    );
     assert!(service.stop().success());
 }

@@ -31,7 +31,7 @@ fn the_response_ends_before_the_final_webhook_call_is_answered() {
     assert_eq!(last["response"], response);
     assert_eq!(last["job"], 7);
     hook.release();
-    let line = wait_for_log(&service, "final webhook call ");
+    let line = service.wait_for_log_starting("final webhook call ");
     assert_eq!(line["message"], "final webhook call answered", "{line}");
     assert_eq!(line["render_id"], "heldhook01", "{line}");
     assert_eq!(hook.answered(), 1);
@@ -46,19 +46,19 @@ fn sigterm_waits_for_a_final_webhook_call_in_flight() {
     assert!(read.response.is_some(), "{:?}", read.error);
     hook.wait_for_final_call();
     unsafe { libc::kill(service.child.id() as i32, libc::SIGTERM) };
-    wait_for_log(&service, "waiting for in-flight final webhook calls");
+    service.wait_for_log_starting("waiting for in-flight final webhook calls");
     assert!(
         service.child.try_wait().unwrap().is_none(),
         "the service exited with a final webhook call in flight"
     );
     hook.release();
     let mut status = None;
-    wait_for("the service to exit", || {
+    wait_until("the service to exit", || {
         status = service.child.try_wait().unwrap();
         status.is_some()
     });
     assert!(status.unwrap().success());
-    let line = wait_for_log(&service, "final webhook call ");
+    let line = service.wait_for_log_starting("final webhook call ");
     assert_eq!(line["message"], "final webhook call answered", "{line}");
     assert_eq!(hook.answered(), 1);
     // The service stopped waiting only once the call had been answered.
@@ -120,7 +120,7 @@ fn gcs_service() -> (FakeGcs, Service) {
 fn leave_then(service: &Service, response: reqwest::Response, video: &HeldFile, serve: bool) {
     video.wait_requested();
     drop(response);
-    wait_for_log(service, "the client left");
+    service.wait_for_log_starting("the client left");
     if serve {
         video.release();
     } else {
@@ -164,7 +164,7 @@ fn with_a_webhook_a_client_that_leaves_still_gets_its_render_uploaded_and_report
         assert_eq!(frames.frame_number(k), k as u64, "output frame {k}");
     }
     assert_eq!(
-        log_lines(&service, "the client left")[0]["message"],
+        service.log_lines_starting("the client left")[0]["message"],
         "the client left: the render goes on and reports to its webhook"
     );
 }
@@ -197,7 +197,7 @@ fn without_a_webhook_a_client_that_leaves_cancels_its_render() {
     payload["frameRange"] = json!([0, 1]);
     payload["outputBucket"] = json!("wire-out");
     let mut read = None;
-    wait_for("the slot to free", || {
+    wait_until("the slot to free", || {
         let r = post_like_client(&service.url, &payload);
         let busy = r.status == 429;
         read = Some(r);
@@ -212,13 +212,14 @@ fn without_a_webhook_a_client_that_leaves_cancels_its_render() {
         "neither output nor error.txt"
     );
     assert!(
-        log_lines(&service, "render failed")
+        service
+            .log_lines_starting("render failed")
             .iter()
             .any(|l| l["render_id"] == "leftcan001"),
         "the render was stopped, not finished"
     );
     assert_eq!(
-        log_lines(&service, "the client left")[0]["message"],
+        service.log_lines_starting("the client left")[0]["message"],
         "the client left: stopping its render"
     );
 }

@@ -10,7 +10,6 @@ pub mod stream;
 pub mod webhook;
 pub mod wire;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -88,8 +87,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error
 /// line to its client, lets final webhook calls finish, and returns within Cloud Run's grace
 /// period.
-pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let shutdown = state.shutdown.clone();
     let tasks = state.tasks.clone();
@@ -97,9 +95,10 @@ pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()
     let on_signal = signalled.clone();
     tokio::spawn(async move {
         crate::system::termination_requested().await;
-        tracing::info!("shutting down: stopping running renders");
         on_signal.cancel();
         shutdown.cancel();
+        // After the cancel: whoever reads this line may rely on new requests being refused.
+        tracing::info!("shutting down: stopping running renders");
     });
     let server = axum::serve(listener, router(state))
         .with_graceful_shutdown(signalled.clone().cancelled_owned())
@@ -205,6 +204,10 @@ async fn render_endpoint(
             return (StatusCode::OK, error_json(&ErrorBody::from(&e))).into_response();
         }
     };
+    if state.shutdown.is_cancelled() {
+        let e = ErrorBody::new("ServiceUnavailable", "The service is shutting down.", "");
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &e);
+    }
     // Refuse at once rather than queue: a queued request would only time out at Cloud Run's
     // front end, where the caller can neither see nor retry it sensibly.
     let Ok(slot) = state.admission.clone().try_acquire_owned() else {
@@ -215,10 +218,6 @@ async fn render_endpoint(
         );
         return json_response(StatusCode::TOO_MANY_REQUESTS, &e);
     };
-    if state.shutdown.is_cancelled() {
-        let e = ErrorBody::new("ServiceUnavailable", "The service is shutting down.", "");
-        return json_response(StatusCode::SERVICE_UNAVAILABLE, &e);
-    }
     match request {
         RenderRequest::Media(m) => start_media(state, *m, slot, span),
         RenderRequest::Still(s) => start_still(state, *s, slot, span),
@@ -299,7 +298,7 @@ fn streaming_response(
     on_leave: OnLeave,
     span: tracing::Span,
 ) -> (mpsc::Sender<Bytes>, Response) {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let (tx, rx) = stream::channel();
     let body = MessageBody {
         rx,
         ended: false,
@@ -351,7 +350,8 @@ fn start_media(
     let task = async move {
         let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
-        // Free before the client hears, so that its next request finds the slot.
+        // Free before the client hears the outcome: a caller (or Cloud Run) that sends the
+        // next render as soon as it has the final message must find the instance free.
         drop(slot);
         let _ = done_tx.send(final_message(&result));
         // The client's answer does not wait for the receiver. The call goes on here, tracked

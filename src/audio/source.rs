@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
@@ -16,16 +17,30 @@ use tokio::sync::Mutex;
 use super::AudioError;
 use crate::guard::{PageGuard, is_forbidden_ip};
 
+/// How a name becomes addresses: the system's resolver, or a table in tests.
+type Lookup =
+    Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
+
+fn system_lookup() -> Lookup {
+    Arc::new(|host| {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
+    })
+}
+
 /// Resolves names, but never to a link-local address (the metadata server), whatever the
 /// DNS says: a name pointing there is the classic way around a URL check.
-struct GuardedResolver;
+struct GuardedResolver {
+    lookup: Lookup,
+}
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
+        let lookup = self.lookup.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup(host.clone())
                 .await?
+                .into_iter()
                 .filter(|a| !is_forbidden_ip(a.ip()))
                 .collect();
             if addrs.is_empty() {
@@ -58,13 +73,13 @@ pub fn loopback_literal(mut url: url::Url) -> url::Url {
 
 impl Fetcher {
     pub fn new(guard: PageGuard) -> Result<Fetcher, AudioError> {
-        Fetcher::with_resolver(guard, Arc::new(GuardedResolver))
+        Fetcher::with_lookup(guard, system_lookup())
     }
 
-    fn with_resolver(guard: PageGuard, resolver: Arc<dyn Resolve>) -> Result<Fetcher, AudioError> {
+    fn with_lookup(guard: PageGuard, lookup: Lookup) -> Result<Fetcher, AudioError> {
         let redirect_guard = guard.clone();
         let client = reqwest::Client::builder()
-            .dns_resolver(resolver)
+            .dns_resolver(Arc::new(GuardedResolver { lookup }))
             .connect_timeout(Duration::from_secs(20))
             .timeout(Duration::from_secs(600))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -137,7 +152,7 @@ impl Fetcher {
             .get(url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| with_causes(&e))?;
         if !response.status().is_success() {
             return Err(format!("HTTP status {}", response.status()));
         }
@@ -152,6 +167,21 @@ impl Fetcher {
         }
         file.flush().await.map_err(|e| e.to_string())
     }
+}
+
+/// An error and what caused it: reqwest's own message only names the URL, the reason (a
+/// refused redirect, a name that resolves nowhere allowed) is in its sources.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Long `data:` URLs make unreadable errors.
@@ -212,13 +242,10 @@ mod tests {
     }
 
     /// Resolves nothing: a process without `/etc/hosts` (or with no `localhost` in it).
-    struct NoNames;
-
-    impl Resolve for NoNames {
-        fn resolve(&self, name: Name) -> Resolving {
-            let name = name.as_str().to_string();
-            Box::pin(async move { Err(format!("cannot resolve {name}").into()) })
-        }
+    fn no_names() -> Lookup {
+        Arc::new(|host| {
+            Box::pin(async move { Err(std::io::Error::other(format!("cannot resolve {host}"))) })
+        })
     }
 
     #[tokio::test]
@@ -228,7 +255,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let f = Fetcher::with_resolver(PageGuard::new(None), Arc::new(NoNames)).unwrap();
+        let f = Fetcher::with_lookup(PageGuard::new(None), no_names()).unwrap();
         let path = f
             .get(&format!("http://localhost:{port}/public/tone.wav"))
             .await
@@ -240,5 +267,105 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("example.invalid"), "{e}");
+    }
+
+    /// A loopback server whose every path answers `RIFF`, except `/to-*` paths, which
+    /// redirect to what follows `/to-` (URL-decoded).
+    async fn origin() -> u16 {
+        let app = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+            use axum::response::IntoResponse;
+            match uri.path().strip_prefix("/to-") {
+                Some(to) => {
+                    let to = url::form_urlencoded::parse(format!("u={to}").as_bytes())
+                        .next()
+                        .unwrap()
+                        .1
+                        .into_owned();
+                    axum::response::Redirect::temporary(&to).into_response()
+                }
+                None => "RIFF".into_response(),
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    /// A DNS that knows a few made-up names.
+    fn table(entries: &'static [(&'static str, &'static [&'static str])]) -> Lookup {
+        Arc::new(move |host| {
+            Box::pin(async move {
+                let (_, ips) = entries
+                    .iter()
+                    .find(|(name, _)| *name == host)
+                    .ok_or_else(|| std::io::Error::other(format!("no such name {host}")))?;
+                Ok(ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip.parse().unwrap(), 0))
+                    .collect())
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_name_is_only_followed_to_addresses_a_render_may_reach() {
+        let port = origin().await;
+        let dns = table(&[
+            ("metadata-alias.test", &["169.254.169.254"]),
+            ("v6-link-local.test", &["fe80::1"]),
+            ("both.test", &["169.254.169.254", "127.0.0.1"]),
+            ("fine.test", &["127.0.0.1"]),
+        ]);
+        let f = Fetcher::with_lookup(PageGuard::new(None), dns).unwrap();
+        for name in ["metadata-alias.test", "v6-link-local.test"] {
+            let e = f
+                .get(&format!("http://{name}:{port}/a.wav"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("{name} resolves to no address a render may reach")),
+                "{e}"
+            );
+        }
+        // Of a name with both kinds, only the reachable address is used.
+        let p = f
+            .get(&format!("http://both.test:{port}/a.wav"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"RIFF");
+        let p = f
+            .get(&format!("http://fine.test:{port}/a.wav"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"RIFF");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_checked_like_the_first_url() {
+        let port = origin().await;
+        let service_port = 8080;
+        let f = Fetcher::new(PageGuard::new(Some(service_port))).unwrap();
+        let via = |to: &str| {
+            let to: String = url::form_urlencoded::byte_serialize(to.as_bytes()).collect();
+            format!("http://127.0.0.1:{port}/to-{to}")
+        };
+        for blocked in [
+            "http://169.254.169.254/computeMetadata/v1/token".to_string(),
+            format!("http://localhost:{service_port}/"),
+        ] {
+            let e = f.get(&via(&blocked)).await.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{blocked} is not reachable from a render")),
+                "{e}"
+            );
+        }
+        // The control: a redirect to where a render may go is followed.
+        let p = f
+            .get(&via(&format!("http://127.0.0.1:{port}/a.wav")))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(p).unwrap(), b"RIFF");
     }
 }

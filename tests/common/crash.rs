@@ -10,6 +10,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::procs::group_members;
 use super::runtime;
 
 pub fn sigkill(pid: u32) {
@@ -17,29 +18,6 @@ pub fn sigkill(pid: u32) {
     unsafe {
         libc::kill(pid as i32, libc::SIGKILL);
     }
-}
-
-/// Live processes (zombies do not count) in process group `pgid`. A browser is the leader of
-/// its own group, so its PID is the group's ID.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let mut members = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command's closing parenthesis: state, ppid, pgrp, ...
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            members.push(pid);
-        }
-    }
-    members
 }
 
 /// Asserts that every process of the browsers `groups` ends. Killed processes take a moment

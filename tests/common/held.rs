@@ -1,60 +1,14 @@
 //! Servers that hold their answer until the test releases it, so a test can look at the
-//! service while one of its calls is pending (no sleeps), and waits on the service's log.
+//! service while one of its calls is pending (no sleeps).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::{Service, WebhookCall, WebhookReceiver, serve_on_loopback};
-
-/// Only a hang trips this: every wait below is for an event that does come.
-const HANG: Duration = Duration::from_secs(120);
-
-/// Polls `f` until it holds; panics after [`HANG`].
-pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + HANG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The service's JSON log lines whose `message` starts with `message`.
-pub fn log_lines(service: &Service, message: &str) -> Vec<Value> {
-    service
-        .log_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with(message))
-        })
-        .collect()
-}
-
-/// Waits for a log line whose `message` starts with `message` and returns it.
-pub fn wait_for_log(service: &Service, message: &str) -> Value {
-    let mut found = None;
-    wait_for(&format!("the log line \"{message}\""), || {
-        found = log_lines(service, message).into_iter().next();
-        found.is_some()
-    });
-    found.unwrap()
-}
-
-/// Every call `hook` got, once the final one (which follows the response) has arrived.
-pub fn calls_through_the_final_one(hook: &WebhookReceiver) -> Vec<WebhookCall> {
-    let mut calls = vec![];
-    wait_for("the final webhook call", || {
-        calls = hook.calls();
-        calls.iter().any(|c| c.json().get("type").is_some())
-    });
-    calls
-}
+use super::wait::wait_until;
+use super::{WebhookCall, serve_on_loopback};
 
 /// A `renderStatusWebhook` receiver that answers progress calls at once and holds every final
 /// call (the one with a `type`) until [`HeldWebhook::release`].
@@ -106,7 +60,7 @@ impl HeldWebhook {
     /// The final call, once it has arrived (it may still be held).
     pub fn wait_for_final_call(&self) -> Value {
         let mut found = None;
-        wait_for("the final webhook call", || {
+        wait_until("the final webhook call", || {
             found = self
                 .calls()
                 .into_iter()
@@ -175,7 +129,7 @@ impl HeldFile {
     }
 
     pub fn wait_requested(&self) {
-        wait_for("the held file to be requested", || {
+        wait_until("the held file to be requested", || {
             self.requests.load(Ordering::SeqCst) > 0
         });
     }
