@@ -346,11 +346,7 @@ fn a_static_file_of_a_local_bundle_is_fetched_without_resolving_localhost() {
     // by us, not by Chromium.
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("site");
-    std::fs::create_dir_all(bundle.join("public")).unwrap();
-    for f in std::fs::read_dir(fixture("site")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), bundle.join(f.file_name())).unwrap();
-    }
+    common::sites::copy_dir(&fixture("site"), &bundle);
     write_tone(&bundle.join("public/tone.wav"), 48_000, 440.0, 2.0, 0.5);
     let out = dir.path().join("audio.mp4");
     let args = [
