@@ -30,6 +30,13 @@ pub enum SiteError {
     HostNotAllowed { host: String, allowed: String },
 }
 
+impl SiteError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "Error"
+    }
+}
+
 /// Comma-separated hosts a service accepts serve URLs from (`*.example.com` allowed). Unset:
 /// any host.
 pub const ALLOWED_HOSTS_ENV: &str = "CLOUDRUN_RENDER_ALLOWED_SERVE_HOSTS";

@@ -25,7 +25,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::encode;
 use crate::options::StillImageFormat;
 use crate::render::{self, RenderError, Renderer};
 use crate::site::Access;
@@ -339,13 +338,11 @@ async fn run_media(
                 "",
             )
         })?;
-    let media = &request.media;
     // The extension follows the codec and the audio codec actually used (the original named
     // the file after the raw setting, which broke preferLossless).
-    let audio = encode::resolve_audio_codec(media.codec, media.audio_codec, media.prefer_lossless)
-        .map_err(|e| render_error_body(&RenderError::Encode(e)))?;
-    let extension = encode::file_extension(media.codec, audio);
-    let local: PathBuf = work.path().join(format!("out.{extension}"));
+    let format =
+        render::OutputFormat::resolve(&request.media).map_err(|e| render_error_body(&e))?;
+    let local: PathBuf = work.path().join(format.default_name());
     state
         .renderer
         .render_media(
@@ -362,10 +359,10 @@ async fn run_media(
         .upload
         .out_name
         .clone()
-        .unwrap_or_else(|| format!("out.{extension}"));
+        .unwrap_or_else(|| format.default_name());
     let key = storage::object_key(render_id, &name);
     let options = ObjectOptions {
-        content_type: encode::content_type_for_name(&name).to_string(),
+        content_type: render::OutputFormat::content_type(&name).to_string(),
         content_disposition: storage::content_disposition(&request.upload.download_behavior),
         privacy: request.upload.privacy,
     };

@@ -10,9 +10,7 @@ pub mod source;
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
-pub use assets::{FrameAssets, Track};
+pub use assets::{AssetRecord, FrameAssets, Track};
 pub use source::Fetcher;
 
 /// The renderer's default sample rate.
@@ -27,6 +25,13 @@ pub enum AudioError {
     Fetch(String),
     #[error("Could not decode audio: {0}")]
     Decode(String),
+}
+
+impl AudioError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "Error"
+    }
 }
 
 /// Interleaved stereo samples.
@@ -70,10 +75,10 @@ impl Timeline {
 }
 
 /// Reads the per-frame records (in output order) the capture stage collected.
-pub fn parse_frames(frames: &[(u64, Value)]) -> Vec<(u64, FrameAssets)> {
+pub fn parse_frames(frames: &[AssetRecord]) -> Vec<(u64, FrameAssets)> {
     frames
         .iter()
-        .map(|(f, v)| (*f, assets::parse_frame(v)))
+        .map(|r| (r.frame, assets::parse_frame(&r.assets)))
         .collect()
 }
 
@@ -83,7 +88,8 @@ pub fn has_audio(frames: &[(u64, FrameAssets)]) -> bool {
 }
 
 /// Mixes every track and inline-audio stream of `frames` into one stereo track as long as
-/// the video. A plain sum, no normalisation, like the renderer's `amix normalize=0`.
+/// the video. A plain sum, no normalisation, like the renderer's `amix normalize=0`, clipped
+/// to full scale.
 pub async fn mix(
     frames: &[(u64, FrameAssets)],
     timeline: Timeline,
@@ -115,6 +121,10 @@ pub async fn mix(
         }
     }
     mix_inline(frames, &timeline, &mut master)?;
+    // A plain sum can exceed full scale; clip, never wrap around in the encoder.
+    for s in &mut master {
+        *s = s.clamp(-1.0, 1.0);
+    }
     Ok(Pcm {
         sample_rate: timeline.sample_rate,
         samples: master,

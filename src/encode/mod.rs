@@ -51,6 +51,16 @@ pub enum EncodeError {
         #[source]
         source: ff::Error,
     },
+    /// The encoder was told to stop before the end; the file is incomplete.
+    #[error("The encoder was stopped before the last frame")]
+    Aborted,
+}
+
+impl EncodeError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "Error"
+    }
 }
 
 fn libav(during: &'static str) -> impl Fn(ff::Error) -> EncodeError {
