@@ -220,7 +220,7 @@ mod tests {
     }
 
     fn frames() -> Arc<FrameServer> {
-        let fetcher = crate::audio::Fetcher::new(crate::guard::PageGuard::new(None)).unwrap();
+        let fetcher = crate::fetch::Fetcher::new(crate::guard::PageGuard::new(None)).unwrap();
         Arc::new(FrameServer::new(Arc::new(fetcher), None, None))
     }
 

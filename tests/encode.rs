@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cloudrun_render::encode::{
-    self, AudioSettings, FramePreparer, Pcm, VideoEncoder, VideoSettings, remux_with_audio,
+    self, AudioSettings, FramePreparer, VideoEncoder, VideoSettings, remux_with_audio,
     write_audio_only,
 };
 use cloudrun_render::options::{
     AudioCodec, Codec, ColorSpace, MediaOptions, PixelFormat, ProResProfile, VideoImageFormat,
     X264Preset,
 };
+use cloudrun_render::pcm::Pcm;
 use common::{RgbFrames, bar_code, ffprobe, video_stream};
 use serde_json::Value;
 
@@ -675,19 +676,18 @@ fn invalid_combinations_name_the_option() {
 const RATE: u32 = 48_000;
 
 /// A stereo sine, interleaved, `seconds` long at amplitude `level`.
-fn tone(freq: f64, level: f64, seconds: f64) -> Vec<f32> {
+fn tone(freq: f64, level: f64, seconds: f64) -> Pcm {
     let n = (seconds * RATE as f64) as usize;
-    (0..n)
-        .flat_map(|i| {
-            let v =
-                (level * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin()) as f32;
-            [v, v]
-        })
-        .collect()
-}
-
-fn to_s16(samples: &[f32]) -> Vec<i16> {
-    samples.iter().map(|v| (v * 32767.0) as i16).collect()
+    Pcm {
+        sample_rate: RATE,
+        samples: (0..n)
+            .flat_map(|i| {
+                let v = (level * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin())
+                    as f32;
+                [v, v]
+            })
+            .collect(),
+    }
 }
 
 /// The left channel of the first audio stream at 48 kHz, decoded by ffmpeg.
@@ -741,26 +741,20 @@ fn assert_tone(samples: &[f32], freq: f64, level: f64, what: &str) {
 
 #[test]
 fn audio_only_outputs_carry_the_tone() {
-    let samples = tone(440.0, 0.5, 1.0);
-    let s16 = to_s16(&samples);
-    // codec, container, codec_name, input, duration tolerance (ADTS durations are estimates)
+    let pcm = tone(440.0, 0.5, 1.0);
+    // codec, container, codec_name, duration tolerance (ADTS durations are estimates)
     let cases = [
-        (AudioCodec::Aac, "aac", "aac", false, 0.06),
-        (AudioCodec::Mp3, "mp3", "mp3", true, 0.06),
-        (AudioCodec::Pcm16, "wav", "pcm_s16le", true, 0.001),
-        (AudioCodec::Opus, "opus", "opus", false, 0.03),
+        (AudioCodec::Aac, "aac", "aac", 0.06),
+        (AudioCodec::Mp3, "mp3", "mp3", 0.06),
+        (AudioCodec::Pcm16, "wav", "pcm_s16le", 0.001),
+        (AudioCodec::Opus, "opus", "opus", 0.03),
     ];
-    for (codec, ext, codec_name, use_s16, tolerance) in cases {
+    for (codec, ext, codec_name, tolerance) in cases {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("out.{ext}"));
-        let mut pcm = if use_s16 {
-            Pcm::s16(&s16, RATE)
-        } else {
-            Pcm::f32(&samples, RATE)
-        };
         let settings = AudioSettings::new(codec, Some("128k")).unwrap();
         let container = encode::muxer_for_extension(ext).unwrap();
-        write_audio_only(&mut pcm, &settings, None, &path, container).unwrap();
+        write_audio_only(&pcm, &settings, None, &path, container).unwrap();
         let a = audio_stream(&path);
         assert_eq!(a["codec_name"], codec_name, "{codec}");
         assert_eq!(a["sample_rate"], "48000", "{codec}");
@@ -793,15 +787,7 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
         let out = dir.path().join("out.mp4");
         let settings = AudioSettings::new(AudioCodec::Aac, None).unwrap();
         let tags = BTreeMap::from([("title".to_string(), "tone".to_string())]);
-        remux_with_audio(
-            &video.path,
-            &mut Pcm::f32(&samples, RATE),
-            &settings,
-            &out,
-            "mp4",
-            &tags,
-        )
-        .unwrap();
+        remux_with_audio(&video.path, &samples, &settings, &out, "mp4", &tags).unwrap();
         let probe = ffprobe(&out);
         let v = video_stream(&probe);
         assert_eq!(v["nb_read_frames"], "25");
@@ -850,7 +836,7 @@ fn remux_into_every_container_the_codecs_use() {
         (Codec::H264Mkv, AudioCodec::Mp3, "mp3"),
         (Codec::H264Ts, AudioCodec::Aac, "aac"),
     ];
-    let samples = to_s16(&tone(440.0, 0.5, 0.6));
+    let samples = tone(440.0, 0.5, 0.6);
     for (codec, audio, codec_name) in cases {
         let video = encode_jpeg(&media(codec), 10, 25.0, false);
         let ext = encode::file_extension(codec, Some(audio));
@@ -859,7 +845,7 @@ fn remux_into_every_container_the_codecs_use() {
         let settings = AudioSettings::new(audio, None).unwrap();
         remux_with_audio(
             &video.path,
-            &mut Pcm::s16(&samples, RATE),
+            &samples,
             &settings,
             &out,
             encode::muxer_for_extension(ext).unwrap(),

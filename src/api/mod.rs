@@ -114,7 +114,7 @@ fn render_error_body(e: &RenderError) -> ErrorBody {
 }
 
 fn storage_error_body(e: &StorageError) -> ErrorBody {
-    ErrorBody::new("StorageError", e.to_string(), format!("StorageError: {e}"))
+    ErrorBody::new(e.name(), e.to_string(), format!("{}: {e}", e.name()))
 }
 
 fn json_response(status: StatusCode, e: &ErrorBody) -> Response {

@@ -6,23 +6,21 @@
 
 pub mod assets;
 pub mod decode;
-pub mod source;
 
 use std::sync::Arc;
 
 pub use assets::{AssetRecord, FrameAssets, Track};
-pub use source::Fetcher;
 
-/// The renderer's default sample rate.
-pub const DEFAULT_SAMPLE_RATE: u32 = 48_000;
+use crate::fetch::{FetchError, Fetcher};
+use crate::pcm::Pcm;
 
 /// Tracks decoded at the same time (the renderer uses 2 too).
 const PARALLEL_TRACKS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
-    #[error("{0}")]
-    Fetch(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("Could not decode audio: {0}")]
     Decode(String),
 }
@@ -30,28 +28,10 @@ pub enum AudioError {
 impl AudioError {
     /// The JS-style name of the wire error.
     pub fn name(&self) -> &'static str {
-        "Error"
-    }
-}
-
-/// Interleaved stereo samples.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pcm {
-    pub sample_rate: u32,
-    pub samples: Vec<f32>,
-}
-
-impl Pcm {
-    pub fn silence(sample_rate: u32, seconds: f64) -> Pcm {
-        let frames = (seconds * sample_rate as f64).round() as usize;
-        Pcm {
-            sample_rate,
-            samples: vec![0.0; frames * 2],
+        match self {
+            AudioError::Fetch(e) => e.name(),
+            AudioError::Decode(_) => "Error",
         }
-    }
-
-    pub fn seconds(&self) -> f64 {
-        self.samples.len() as f64 / 2.0 / self.sample_rate as f64
     }
 }
 

@@ -17,11 +17,11 @@ pub mod mux;
 mod settings;
 mod video;
 
-use std::sync::Once;
-
 use ffmpeg_next as ff;
 
-pub use audio::{AudioSettings, Pcm, PcmSource, SampleFormat};
+use crate::libav::init;
+
+pub use audio::AudioSettings;
 pub use codec::{
     CodecTraits, allowed_extensions, content_type_for_name, file_extension, muxer_for_extension,
     resolve_audio_codec, traits, validate_output_name,
@@ -65,12 +65,4 @@ impl EncodeError {
 
 fn libav(during: &'static str) -> impl Fn(ff::Error) -> EncodeError {
     move |source| EncodeError::Libav { during, source }
-}
-
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        ff::init().expect("libav initialises");
-        ff::util::log::set_level(ff::util::log::Level::Error);
-    });
 }

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use ffmpeg_next as ff;
 
-use super::audio::{AudioSettings, PcmSource, Track};
+use super::audio::{AudioSettings, Track};
 use super::{EncodeError, init, libav};
+use crate::pcm::Pcm;
 
 /// Writes `output` as `container` (a libav muxer name, see
 /// [`super::codec::muxer_for_extension`]) with the video packets of `video` and `audio`
@@ -16,7 +17,7 @@ use super::{EncodeError, init, libav};
 /// as the renderer's mix always spans the whole video. `metadata` replaces the container tags.
 pub fn remux_with_audio(
     video: &Path,
-    audio: &mut dyn PcmSource,
+    audio: &Pcm,
     settings: &AudioSettings,
     output: &Path,
     container: &str,
@@ -37,7 +38,7 @@ pub fn remux_with_audio(
         .format()
         .flags()
         .contains(ff::format::Flags::GLOBAL_HEADER);
-    let total = (duration * audio.sample_rate() as f64).round() as u64;
+    let total = (duration * audio.sample_rate as f64).round() as u64;
     let mut track = Track::new(audio, settings, Some(total), global_header)?;
     let video_out = {
         let in_stream = input.stream(in_index).expect("the stream exists");
@@ -101,7 +102,7 @@ pub fn remux_with_audio(
 /// An audio-only file (`mp3`, raw ADTS `aac`, `wav`, …) from `audio`, cut or padded to
 /// `duration` seconds when given. Like the renderer, no metadata tags are written.
 pub fn write_audio_only(
-    audio: &mut dyn PcmSource,
+    audio: &Pcm,
     settings: &AudioSettings,
     duration: Option<f64>,
     output: &Path,
@@ -113,7 +114,7 @@ pub fn write_audio_only(
         .format()
         .flags()
         .contains(ff::format::Flags::GLOBAL_HEADER);
-    let total = duration.map(|d| (d * audio.sample_rate() as f64).round() as u64);
+    let total = duration.map(|d| (d * audio.sample_rate as f64).round() as u64);
     let mut track = Track::new(audio, settings, total, global_header)?;
     let index = add_audio_stream(&mut out, &track)?;
     write_header(&mut out, container)?;

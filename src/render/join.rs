@@ -8,8 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::MediaPlan;
 use super::{RenderError, cancellable};
-use crate::audio::{self, AssetRecord, Fetcher, Pcm};
+use crate::audio::{self, AssetRecord};
 use crate::encode;
+use crate::fetch::Fetcher;
+use crate::pcm::Pcm;
 
 /// Stage 3: the mix of the whole timeline, or `None` when the output gets no audio track
 /// (muted, a codec without audio, or nothing audible and no `enforceAudioTrack`).
@@ -64,24 +66,17 @@ pub async fn mux(
         (Some(video), None, _) => {
             std::fs::rename(&video, output).map_err(super::io("moving the video into place"))
         }
-        (video, Some(mix), Some(settings)) => tokio::task::spawn_blocking(move || {
-            let mut pcm = encode::Pcm::f32(&mix.samples, mix.sample_rate);
-            match video {
-                Some(video) => encode::remux_with_audio(
-                    &video,
-                    &mut pcm,
-                    &settings,
-                    &output_path,
-                    container,
-                    &metadata,
-                ),
-                None => encode::write_audio_only(
-                    &mut pcm,
-                    &settings,
-                    Some(duration),
-                    &output_path,
-                    container,
-                ),
+        (video, Some(mix), Some(settings)) => tokio::task::spawn_blocking(move || match video {
+            Some(video) => encode::remux_with_audio(
+                &video,
+                &mix,
+                &settings,
+                &output_path,
+                container,
+                &metadata,
+            ),
+            None => {
+                encode::write_audio_only(&mix, &settings, Some(duration), &output_path, container)
             }
         })
         .await

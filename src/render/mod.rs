@@ -28,11 +28,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::{AssetRecord, AudioError, Fetcher};
+use crate::audio::{AssetRecord, AudioError};
 use crate::browser::{
     self, Browser, BrowserError, CompositionInfo, LaunchOptions, PageGuard, PageSetup, contract,
 };
 use crate::encode::EncodeError;
+use crate::fetch::{FetchError, Fetcher};
 use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions};
 use crate::site::{Access, Site, SiteError};
@@ -53,6 +54,8 @@ pub enum RenderError {
     Site(#[from] SiteError),
     #[error(transparent)]
     Audio(#[from] AudioError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     /// An option that does not fit this composition (frame range, concurrency, size).
     #[error("{0}")]
     Invalid(String),
@@ -79,6 +82,7 @@ impl RenderError {
             RenderError::Encode(e) => e.name(),
             RenderError::Site(e) => e.name(),
             RenderError::Audio(e) => e.name(),
+            RenderError::Fetch(e) => e.name(),
             RenderError::Cancelled => "CancelledError",
             RenderError::Invalid(_) | RenderError::Internal { .. } | RenderError::Io { .. } => {
                 "Error"
@@ -404,7 +408,7 @@ impl Session {
             is_main_tab: true,
             audio_enabled: false,
             video_enabled: false,
-            sample_rate: crate::audio::DEFAULT_SAMPLE_RATE,
+            sample_rate: crate::pcm::DEFAULT_SAMPLE_RATE,
             media_cache_size_in_bytes: site.offthread_video_cache_size_in_bytes,
             user_agent: site.chromium.user_agent.clone(),
             dark_mode: site.chromium.dark_mode,
@@ -503,5 +507,38 @@ async fn cancellable<T>(
     tokio::select! {
         r = fut => r,
         _ = cancel.cancelled() => Err(RenderError::Cancelled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_knows_its_wire_name() {
+        let page = RenderError::Browser(BrowserError::PageException {
+            name: "TypeError".into(),
+            message: "boom".into(),
+            stack: "TypeError: boom\n    at f".into(),
+        });
+        assert_eq!(page.name(), "TypeError");
+        assert_eq!(page.stack(), "TypeError: boom\n    at f");
+        assert_eq!(RenderError::Cancelled.name(), "CancelledError");
+        let internal = RenderError::internal("encoding", "the encoder thread panicked");
+        assert_eq!(internal.name(), "Error");
+        assert_eq!(
+            internal.stack(),
+            "Error: Internal error while encoding: the encoder thread panicked"
+        );
+        let fetch = RenderError::Audio(AudioError::Fetch(FetchError::Download {
+            src: "https://x/a.mp3".into(),
+            reason: "HTTP status 404".into(),
+        }));
+        assert_eq!(fetch.name(), "Error");
+        assert_eq!(
+            fetch.to_string(),
+            "Error while downloading https://x/a.mp3: HTTP status 404"
+        );
+        assert_eq!(RenderError::Encode(EncodeError::Aborted).name(), "Error");
     }
 }

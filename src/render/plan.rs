@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::RenderError;
-use crate::audio::DEFAULT_SAMPLE_RATE;
 use crate::browser::{CaptureFormat, CompositionInfo, CompositionMode, PageViewport};
 use crate::encode::{self, AudioSettings, VideoSettings};
 use crate::options::{AudioCodec, Codec, CompositionOverrides, MediaOptions, VideoImageFormat};
+use crate::pcm::DEFAULT_SAMPLE_RATE;
 
 /// The composition a render uses, after calculateMetadata and the caller's overrides.
 /// Serializable: a coordinator sends it to the instances that render its chunks.
