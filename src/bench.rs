@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::browser::PageGuard;
-use crate::encode::{self, FramePreparer, VideoEncoder};
+use crate::encode::{self, FramePreparer, Target, VideoEncoder};
 use crate::options::{
     Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
     VideoImageFormat, X264Preset,
@@ -168,7 +168,7 @@ fn encode_all(
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let preparer = FramePreparer::new(settings);
-    let mut encoder = VideoEncoder::create(output, settings)?;
+    let mut encoder = VideoEncoder::create(output, settings, Target::Output { muxer: "mp4" })?;
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::sync_channel(workers * 2);
     std::thread::scope(|scope| -> anyhow::Result<()> {

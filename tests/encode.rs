@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cloudrun_render::encode::{
-    self, AudioSettings, FramePreparer, VideoEncoder, VideoSettings, remux_with_audio,
-    write_audio_only,
+    self, AudioSettings, ChunkFile, EncodeError, FramePreparer, FrameRate, JoinAudio, Target,
+    VideoEncoder, VideoSettings, write_audio_only,
 };
 use cloudrun_render::options::{
     AudioCodec, Codec, ColorSpace, MediaOptions, PixelFormat, ProResProfile, VideoImageFormat,
@@ -120,13 +120,20 @@ fn encode_png_alpha(media: &MediaOptions, frames: u64, fps: f64) -> Encoded {
     encode_shots(&s, shots)
 }
 
+/// The output itself, in the codec's own container.
+fn output_of(s: &VideoSettings) -> Target {
+    Target::Output {
+        muxer: encode::traits(s.codec).muxer,
+    }
+}
+
 fn encode_shots(s: &VideoSettings, shots: impl Iterator<Item = Vec<u8>>) -> Encoded {
     let dir = tempfile::tempdir().unwrap();
     let path = dir
         .path()
         .join(format!("out.{}", encode::file_extension(s.codec, None)));
     let preparer = FramePreparer::new(s);
-    let mut encoder = VideoEncoder::create(&path, s).expect("create the encoder");
+    let mut encoder = VideoEncoder::create(&path, s, output_of(s)).expect("create the encoder");
     let mut n = 0;
     for shot in shots {
         encoder.push(preparer.prepare(&shot).unwrap()).unwrap();
@@ -436,7 +443,7 @@ fn gif_frames_stream_through_the_palette() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.gif");
     let preparer = FramePreparer::new(&s);
-    let mut encoder = VideoEncoder::create(&path, &s).unwrap();
+    let mut encoder = VideoEncoder::create(&path, &s, output_of(&s)).unwrap();
     let rgb = picture(1, W, H, false);
     for pushed in 1..=20u64 {
         encoder
@@ -561,7 +568,7 @@ fn color_spaces_are_converted_and_tagged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.mp4");
         let preparer = FramePreparer::new(&s);
-        let mut encoder = VideoEncoder::create(&path, &s).unwrap();
+        let mut encoder = VideoEncoder::create(&path, &s, output_of(&s)).unwrap();
         encoder
             .push(preparer.prepare_raw(&red, W, H, false).unwrap())
             .unwrap();
@@ -775,7 +782,7 @@ fn audio_only_outputs_carry_the_tone() {
 }
 
 #[test]
-fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
+fn the_join_copies_the_video_and_pads_or_cuts_the_audio() {
     // One second of video; half a second and two seconds of audio.
     let mut m = media(Codec::H264);
     m.metadata = BTreeMap::from([("title".to_string(), "tone".to_string())]);
@@ -787,7 +794,21 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
         let out = dir.path().join("out.mp4");
         let settings = AudioSettings::new(AudioCodec::Aac, None).unwrap();
         let tags = BTreeMap::from([("title".to_string(), "tone".to_string())]);
-        remux_with_audio(&video.path, &samples, &settings, &out, "mp4", &tags).unwrap();
+        encode::join(
+            &[ChunkFile {
+                path: video.path.clone(),
+                frames: 25,
+            }],
+            FrameRate::from_fps(25.0),
+            Some(JoinAudio {
+                pcm: &samples,
+                settings: &settings,
+            }),
+            &out,
+            "mp4",
+            &tags,
+        )
+        .unwrap();
         let probe = ffprobe(&out);
         let v = video_stream(&probe);
         assert_eq!(v["nb_read_frames"], "25");
@@ -824,7 +845,7 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
 }
 
 #[test]
-fn remux_into_every_container_the_codecs_use() {
+fn one_chunk_joins_into_every_container_the_codecs_use() {
     let cases = [
         (Codec::H264, AudioCodec::Pcm16, "pcm_s16le"),
         (Codec::H264, AudioCodec::Mp3, "mp3"),
@@ -838,15 +859,25 @@ fn remux_into_every_container_the_codecs_use() {
     ];
     let samples = tone(440.0, 0.5, 0.6);
     for (codec, audio, codec_name) in cases {
-        let video = encode_jpeg(&media(codec), 10, 25.0, false);
+        // Renders join chunk files; an mpegts that starts at 1.4 s joins as well.
+        let video = match codec {
+            Codec::H264Ts => encode_jpeg(&media(codec), 10, 25.0, false),
+            _ => encode_chunk(&media(codec), 0..10, 25.0),
+        };
         let ext = encode::file_extension(codec, Some(audio));
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(format!("out.{ext}"));
         let settings = AudioSettings::new(audio, None).unwrap();
-        remux_with_audio(
-            &video.path,
-            &samples,
-            &settings,
+        encode::join(
+            &[ChunkFile {
+                path: video.path.clone(),
+                frames: 10,
+            }],
+            FrameRate::from_fps(25.0),
+            Some(JoinAudio {
+                pcm: &samples,
+                settings: &settings,
+            }),
             &out,
             encode::muxer_for_extension(ext).unwrap(),
             &BTreeMap::new(),
@@ -875,4 +906,115 @@ fn remux_into_every_container_the_codecs_use() {
             &format!("{codec} + {audio}"),
         );
     }
+}
+
+// ---- joining chunks ----
+
+/// Frames `frames` of the test picture encoded as one chunk of `media` at `fps`.
+fn encode_chunk(media: &MediaOptions, frames: std::ops::Range<u64>, fps: f64) -> Encoded {
+    let s = settings_for(media, VideoImageFormat::Jpeg, fps);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, extension) = encode::chunk_container(s.codec).expect("a chunked codec");
+    let path = dir.path().join(format!("chunk.{extension}"));
+    let preparer = FramePreparer::new(&s);
+    let mut encoder = VideoEncoder::create(&path, &s, Target::Chunk).unwrap();
+    for f in frames {
+        let shot = jpeg(&picture(f, W, H, false), W, H);
+        encoder.push(preparer.prepare(&shot).unwrap()).unwrap();
+    }
+    encoder.finish().unwrap();
+    Encoded { path, _dir: dir }
+}
+
+/// Every video packet's pts, in decode order, in the stream's time base.
+fn packet_pts(path: &Path) -> Vec<i64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn chunks_at_23_976_fps_join_at_exact_frame_times() {
+    let fps = 24000.0 / 1001.0;
+    let m = media(Codec::H264);
+    let chunks: Vec<(Encoded, u64)> = [0..10, 10..20, 20..30]
+        .into_iter()
+        .map(|r| (encode_chunk(&m, r.clone(), fps), r.end - r.start))
+        .collect();
+    let files: Vec<ChunkFile> = chunks
+        .iter()
+        .map(|(e, frames)| ChunkFile {
+            path: e.path.clone(),
+            frames: *frames,
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let rate = FrameRate::from_fps(fps);
+    encode::join(&files, rate, None, &out, "mp4", &BTreeMap::new()).unwrap();
+
+    let frames = RgbFrames::decode(&out);
+    let numbers: Vec<u64> = (0..frames.frames.len())
+        .map(|k| frames.frame_number(k))
+        .collect();
+    assert_eq!(numbers, (0..30).collect::<Vec<_>>());
+    let probe = ffprobe(&out);
+    let v = video_stream(&probe);
+    assert_eq!(v["time_base"], "1/24000");
+    assert_eq!(v["avg_frame_rate"], "24000/1001");
+    // Frame k at exactly k × 1001 / 24000 s, across both joins.
+    let mut pts = packet_pts(&out);
+    pts.sort();
+    assert_eq!(pts, (0..30).map(|k| k * 1001).collect::<Vec<i64>>());
+    assert_eq!(v["duration_ts"], 30 * 1001);
+}
+
+#[test]
+fn chunks_that_do_not_fit_together_are_refused() {
+    let m = media(Codec::H264);
+    let mut fast = m.clone();
+    fast.x264_preset = Some(cloudrun_render::options::X264Preset::Ultrafast);
+    let a = encode_chunk(&m, 0..5, 25.0);
+    let b = encode_chunk(&fast, 5..10, 25.0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let join = |files: &[ChunkFile]| {
+        encode::join(
+            files,
+            FrameRate::from_fps(25.0),
+            None,
+            &out,
+            "mp4",
+            &BTreeMap::new(),
+        )
+    };
+    let chunk = |e: &Encoded, frames| ChunkFile {
+        path: e.path.clone(),
+        frames,
+    };
+    // Other parameters (ultrafast has no CABAC: another PPS in the extradata).
+    let e = join(&[chunk(&a, 5), chunk(&b, 5)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("other codec parameters")),
+        "{e}"
+    );
+    // A chunk that holds other frames than it is said to.
+    let e = join(&[chunk(&a, 6)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("holds 5 frames, not the 6")),
+        "{e}"
+    );
+    let e = join(&[chunk(&a, 4)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("outside the 4 frames")),
+        "{e}"
+    );
+    assert!(join(&[chunk(&a, 5), chunk(&a, 5)]).is_ok());
 }

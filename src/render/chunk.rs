@@ -16,7 +16,9 @@ use super::plan::{ChunkRange, MediaPlan};
 use super::{RenderError, RenderProgress, Session};
 use crate::audio::AssetRecord;
 use crate::browser::{BrowserError, pool};
-use crate::encode::{self, EncodeError, FramePreparer, PreparedFrame, VideoEncoder};
+use crate::encode::{
+    self, EncodeError, FramePreparer, PreparedFrame, StreamParameters, Target, VideoEncoder,
+};
 use crate::timing::Elapsed;
 
 /// What stage 2 hands back. Serializable: a remote worker returns it to the coordinator.
@@ -26,6 +28,9 @@ pub struct ChunkOutcome {
     pub range: ChunkRange,
     /// Frames written to the video file; 0 for audio-only renders, which write none.
     pub frames: u64,
+    /// The chunk file's video parameters, which every chunk of a render must share to be
+    /// joined; `None` when stage 2 wrote the output itself or no video.
+    pub parameters: Option<StreamParameters>,
     /// Per frame of the range, in output order: what the page registered for audio.
     pub assets: Vec<AssetRecord>,
 }
@@ -45,6 +50,15 @@ impl VideoFile {
         match self {
             VideoFile::Output(p) | VideoFile::Intermediate(p) => Some(p),
             VideoFile::None => None,
+        }
+    }
+
+    fn target(&self, plan: &MediaPlan) -> Target {
+        match self {
+            VideoFile::Output(p) => Target::Output {
+                muxer: plan.output.container_for(p),
+            },
+            _ => Target::Chunk,
         }
     }
 }
@@ -132,6 +146,7 @@ impl Session {
                 let (frames, thread) = spawn_encoder(
                     path.to_path_buf(),
                     settings.clone(),
+                    video.target(plan),
                     encoded.clone(),
                     encoding.clone(),
                 )?;
@@ -184,6 +199,14 @@ impl Session {
             VideoFile::None => 0,
             _ => encoded.load(Ordering::Relaxed),
         };
+        let parameters = match video {
+            VideoFile::Intermediate(path) => Some(
+                tokio::task::spawn_blocking(move || encode::stream_parameters(&path))
+                    .await
+                    .map_err(|e| RenderError::internal("reading the chunk's parameters", e))??,
+            ),
+            _ => None,
+        };
         progress.send_modify(|p| {
             p.rendered = total;
             p.encoded = total;
@@ -198,6 +221,7 @@ impl Session {
         Ok(ChunkOutcome {
             range,
             frames,
+            parameters,
             assets,
         })
     }
@@ -221,6 +245,7 @@ type EncoderJoin = std::thread::JoinHandle<Result<u64, EncodeError>>;
 fn spawn_encoder(
     path: PathBuf,
     settings: encode::VideoSettings,
+    target: Target,
     encoded: Arc<AtomicU64>,
     encoding: Arc<Elapsed>,
 ) -> Result<(mpsc::Sender<OrderedFrame<PreparedFrame>>, EncoderJoin), RenderError> {
@@ -230,7 +255,7 @@ fn spawn_encoder(
         .name("encoder".into())
         .spawn(move || {
             crate::system::deprioritize_encoder_thread();
-            let mut encoder = match VideoEncoder::create(&path, &settings) {
+            let mut encoder = match VideoEncoder::create(&path, &settings, target) {
                 Ok(e) => {
                     let _ = ready_tx.send(Ok(()));
                     e

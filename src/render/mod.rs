@@ -21,7 +21,7 @@ pub mod plan;
 pub mod progress;
 mod still;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,12 +32,13 @@ use crate::audio::{AssetRecord, AudioError};
 use crate::browser::{
     self, Browser, BrowserError, CompositionInfo, LaunchOptions, PageGuard, PageSetup, contract,
 };
-use crate::encode::EncodeError;
+use crate::encode::{self, EncodeError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions};
 use crate::site::{Access, Site, SiteError};
 
+pub use crate::encode::{ChunkFile, StreamParameters};
 pub use chunk::ChunkOutcome;
 pub use plan::{ChunkRange, MediaPlan, OutputFormat, ResolvedComposition};
 pub use progress::{ProgressSender, RenderProgress};
@@ -277,24 +278,26 @@ impl Renderer {
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<MediaOutcome, RenderError> {
-        let result = self
-            .render_media_inner(site, media, access, output, progress, cancel)
-            .await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(output);
-        }
-        result
+        self.render_media_in_chunks(site, media, access, output, None, progress, cancel)
+            .await
     }
 
-    async fn render_media_inner(
+    /// [`Renderer::render_media`], with stage 2 run once per `frames_per_chunk` frames, one
+    /// chunk after the other, and the chunks joined without re-encoding: what a render spread
+    /// over instances does, in one process. Outputs that are never chunked (gif, audio-only)
+    /// are rendered in one piece, with a warning.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn render_media_in_chunks(
         &self,
         site: &SiteOptions,
         media: &MediaOptions,
         access: Access,
         output: &Path,
+        frames_per_chunk: Option<u64>,
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<MediaOutcome, RenderError> {
+        let mut output_guard = RemoveUnlessKept(output, false);
         let started = Instant::now();
         plan::preflight(media, self.cpus)?;
         let session = self.open(site, access).await?;
@@ -303,9 +306,19 @@ impl Renderer {
             .await?;
         let plan = MediaPlan::new(media, composition, self.cpus)?;
         plan.check_output_name(output)?;
+        let ranges = match frames_per_chunk {
+            Some(n) => {
+                if let Some(why) = plan.unchunkable() {
+                    tracing::warn!("rendering in one piece, not in chunks: {why}");
+                }
+                plan.chunks(n)
+            }
+            None => vec![plan.whole()],
+        };
         tracing::info!(
             composition = %plan.composition.info.id,
             frames = plan.total(),
+            chunks = ranges.len(),
             tabs = plan.tabs,
             width = plan.width,
             height = plan.height,
@@ -313,47 +326,90 @@ impl Renderer {
             codec = %media.codec,
             "rendering"
         );
-        // With nothing to add afterwards, the encoder writes the output itself; otherwise
-        // the video goes to a file beside it and is joined with the audio.
-        let (video, intermediate) = match (&plan.video, &plan.audio) {
-            (None, _) => (chunk::VideoFile::None, None),
-            (Some(_), None) => (chunk::VideoFile::Output(output.to_path_buf()), None),
-            (Some(settings), Some(_)) => {
-                let path = sibling(
-                    output,
-                    "video",
-                    crate::encode::traits(settings.codec).extension,
-                );
-                (
-                    chunk::VideoFile::Intermediate(path.clone()),
-                    Some(RemoveOnDrop(path)),
-                )
-            }
-        };
-        let rendered = session
-            .frames_to_video(&plan, plan.whole(), video, progress, cancel, started)
-            .await?;
-        if intermediate.is_some() || plan.video.is_none() {
-            let mixing = Instant::now();
-            let mix =
-                join::mix(&plan, &rendered.assets, session.media_files.clone(), cancel).await?;
-            let mixed = Instant::now();
-            let video = intermediate.as_ref().map(|i| i.0.clone());
-            join::mux(&plan, video, mix, output).await?;
-            log_join(mixing, mixed);
-        }
-        Ok(MediaOutcome {
-            frames: if plan.video.is_some() {
-                rendered.frames
-            } else {
-                plan.total()
-            },
+        let outcome = |frames: u64, assets: Vec<AssetRecord>, plan: MediaPlan| MediaOutcome {
+            frames,
             width: plan.width,
             height: plan.height,
-            assets: rendered.assets,
+            assets,
             composition: plan.composition,
             elapsed: started.elapsed(),
-        })
+        };
+        if ranges.len() == 1 && plan.audio.is_none() && plan.video.is_some() {
+            // Nothing to add afterwards: the encoder writes the output itself.
+            let video = chunk::VideoFile::Output(output.to_path_buf());
+            let rendered = session
+                .frames_to_video(&plan, ranges[0], video, progress, cancel, started)
+                .await?;
+            output_guard.1 = true;
+            return Ok(outcome(rendered.frames, rendered.assets, plan));
+        }
+        // The chunks go to a directory beside the output (same filesystem), removed with it.
+        let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}.chunks-"))
+            .tempdir_in(output.parent().unwrap_or(Path::new(".")))
+            .map_err(io("creating the directory for the chunks"))?;
+        let extension = encode::chunk_container(plan.output.codec)
+            .map(|(_, e)| e)
+            .unwrap_or("video");
+        let mut files = Vec::new();
+        let mut assets = Vec::with_capacity(plan.frames.len());
+        for (index, range) in ranges.iter().enumerate() {
+            let (video, file) = match plan.video {
+                Some(_) => {
+                    let path = dir.path().join(format!("chunk-{index}.{extension}"));
+                    (chunk::VideoFile::Intermediate(path.clone()), Some(path))
+                }
+                None => (chunk::VideoFile::None, None),
+            };
+            let (chunk_progress, mut watched) = progress::channel();
+            let rendering =
+                session.frames_to_video(&plan, *range, video, &chunk_progress, cancel, started);
+            tokio::pin!(rendering);
+            let done = range.first;
+            let rendered = loop {
+                tokio::select! {
+                    r = &mut rendering => break r?,
+                    Ok(()) = watched.changed() => {
+                        let p = *watched.borrow_and_update();
+                        progress.send_replace(RenderProgress {
+                            rendered: done + p.rendered,
+                            encoded: done + p.encoded,
+                            total: plan.total(),
+                        });
+                    }
+                }
+            };
+            if let Some(path) = file {
+                files.push(ChunkFile {
+                    path,
+                    frames: rendered.frames,
+                });
+            }
+            assets.extend(rendered.assets);
+        }
+        let frames = files.iter().map(|f| f.frames).sum::<u64>();
+        join::join(
+            &plan,
+            &files,
+            &assets,
+            session.media_files.clone(),
+            output,
+            cancel,
+        )
+        .await?;
+        progress.send_replace(RenderProgress {
+            rendered: plan.total(),
+            encoded: plan.total(),
+            total: plan.total(),
+        });
+        let frames = if plan.video.is_some() {
+            frames
+        } else {
+            plan.total()
+        };
+        output_guard.1 = true;
+        Ok(outcome(frames, assets, plan))
     }
 
     /// Captures every frame of a render and returns the images in output order, without
@@ -382,15 +438,6 @@ impl Renderer {
             .map_err(|e| RenderError::internal("capturing frames", e))??;
         Ok((plan.composition, images))
     }
-}
-
-fn log_join(mixing: Instant, mixed: Instant) {
-    let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round();
-    tracing::info!(
-        mix_ms = ms(mixed - mixing),
-        mux_ms = ms(mixed.elapsed()),
-        "join timings"
-    );
 }
 
 impl Session {
@@ -461,8 +508,10 @@ impl Session {
     }
 
     /// Stage 2 alone, as an instance rendering one chunk of a plan runs it: `range` of
-    /// `plan` encoded into `output`, a video-only file that stage 4 joins with the others.
-    /// Progress counts the range's frames. On error nothing is left at `output`.
+    /// `plan` encoded into `output`, a video-only file in the codec's chunk container
+    /// ([`encode::chunk_container`]) that [`join::join`] joins with the others. Progress
+    /// counts the range's frames. Refuses outputs that are never chunked (gif, audio-only).
+    /// On error nothing is left at `output`.
     pub async fn render_chunk(
         &self,
         plan: &MediaPlan,
@@ -471,32 +520,30 @@ impl Session {
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<ChunkOutcome, RenderError> {
-        let video = match plan.video {
-            Some(_) => chunk::VideoFile::Intermediate(output.to_path_buf()),
-            None => chunk::VideoFile::None,
-        };
-        let result = self
-            .frames_to_video(plan, range, video, progress, cancel, Instant::now())
-            .await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(output);
+        if let Some(why) = plan.unchunkable() {
+            return Err(RenderError::Invalid(format!(
+                "A {} render is never split into chunks: {why}. Render it in one piece.",
+                plan.output.codec
+            )));
         }
-        result
+        let mut output_guard = RemoveUnlessKept(output, false);
+        let video = chunk::VideoFile::Intermediate(output.to_path_buf());
+        let outcome = self
+            .frames_to_video(plan, range, video, progress, cancel, Instant::now())
+            .await?;
+        output_guard.1 = true;
+        Ok(outcome)
     }
 }
 
-/// A hidden file beside `output` (same filesystem, so a rename is enough).
-fn sibling(output: &Path, what: &str, extension: &str) -> PathBuf {
-    let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    output.with_file_name(format!(".{name}.{what}.{extension}"))
-}
+/// Removes a render's output on every way out but success: nothing partial is left.
+struct RemoveUnlessKept<'a>(&'a Path, bool);
 
-/// Removes an intermediate file on every path out of a render.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
+impl Drop for RemoveUnlessKept<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if !self.1 {
+            let _ = std::fs::remove_file(self.0);
+        }
     }
 }
 

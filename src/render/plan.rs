@@ -255,6 +255,37 @@ impl MediaPlan {
         }
     }
 
+    /// Why this output is never rendered in chunks, if it is not.
+    pub fn unchunkable(&self) -> Option<&'static str> {
+        if self.video.is_none() {
+            return Some(
+                "an audio-only output has no video to split: its frames are only visited for their audio, which is mixed once anyway",
+            );
+        }
+        if encode::chunk_container(self.output.codec).is_none() {
+            return Some(
+                "gif frames are written as differences to the frame before, so gif chunks cannot be joined without re-encoding",
+            );
+        }
+        None
+    }
+
+    /// The plan's frames in contiguous ranges of `frames_per_chunk` (the last may be
+    /// shorter); one range when the output is never chunked.
+    pub fn chunks(&self, frames_per_chunk: u64) -> Vec<ChunkRange> {
+        let total = self.total();
+        if self.unchunkable().is_some() || frames_per_chunk == 0 {
+            return vec![self.whole()];
+        }
+        (0..total)
+            .step_by(frames_per_chunk as usize)
+            .map(|first| ChunkRange {
+                first,
+                last: (first + frames_per_chunk - 1).min(total - 1),
+            })
+            .collect()
+    }
+
     /// The audio codec the output gets: none when muted.
     pub fn audio_codec(&self) -> Option<AudioCodec> {
         self.audio.map(|a| a.codec)
@@ -291,4 +322,125 @@ fn even_dimensions(media: &MediaOptions, width: u32, height: u32) -> (u32, u32) 
         );
     }
     (w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::{Concurrency, FrameRange};
+
+    fn composition(width: u32, height: u32, fps: f64, frames: u64) -> ResolvedComposition {
+        let info = CompositionInfo {
+            id: "Frames".into(),
+            width,
+            height,
+            fps,
+            duration_in_frames: frames,
+            default_codec: None,
+            default_out_name: None,
+            default_video_image_format: None,
+            default_pixel_format: None,
+            default_pro_res_profile: None,
+            default_sample_rate: None,
+            serialized_resolved_props_with_custom_schema: r#"{"computed":true}"#.into(),
+            serialized_default_props_with_custom_schema: "{}".into(),
+        };
+        ResolvedComposition::new(info, &CompositionOverrides::default()).unwrap()
+    }
+
+    fn plan(media: &MediaOptions, frames: u64) -> MediaPlan {
+        MediaPlan::new(media, composition(640, 360, 30.0, frames), 2).unwrap()
+    }
+
+    #[test]
+    fn chunks_are_contiguous_ranges_of_output_positions() {
+        let m = MediaOptions::new("Frames");
+        let p = plan(&m, 90);
+        let ranges: Vec<(u64, u64)> = p.chunks(23).iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(ranges, [(0, 22), (23, 45), (46, 68), (69, 89)]);
+        assert_eq!(p.chunks(90), [p.whole()]);
+        assert_eq!(p.chunks(1000), [p.whole()]);
+        assert_eq!(p.chunks(1).len(), 90);
+
+        // Positions, not frame numbers: frames 10, 13, …, 37 are positions 0..=9.
+        let mut m = MediaOptions::new("Frames");
+        m.frame_range = FrameRange::Ranges(vec![(10, Some(39))]);
+        m.every_nth_frame = 3;
+        let p = plan(&m, 90);
+        assert_eq!(p.frames, (10..40).step_by(3).collect::<Vec<_>>());
+        let ranges: Vec<(u64, u64)> = p.chunks(4).iter().map(|r| (r.first, r.last)).collect();
+        assert_eq!(ranges, [(0, 3), (4, 7), (8, 9)]);
+        assert_eq!(p.output_fps, 10.0);
+    }
+
+    #[test]
+    fn gif_and_audio_only_outputs_are_one_chunk() {
+        let mut m = MediaOptions::new("Frames");
+        m.codec = Codec::Gif;
+        let p = plan(&m, 90);
+        assert!(p.unchunkable().unwrap().contains("gif"));
+        assert_eq!(p.chunks(10), [p.whole()]);
+        m.codec = Codec::Mp3;
+        let p = plan(&m, 90);
+        assert!(p.unchunkable().unwrap().contains("audio-only"));
+        assert_eq!(p.chunks(10), [p.whole()]);
+        for codec in [
+            Codec::H264,
+            Codec::H265,
+            Codec::Vp8,
+            Codec::Vp9,
+            Codec::Prores,
+        ] {
+            m.codec = codec;
+            assert_eq!(plan(&m, 90).unchunkable(), None, "{codec}");
+        }
+    }
+
+    #[test]
+    fn a_worker_builds_the_same_plan_from_the_serialized_composition() {
+        let c = composition(641, 361, 30.0, 30);
+        let json = serde_json::to_string(&c).unwrap();
+        let received: ResolvedComposition = serde_json::from_str(&json).unwrap();
+        assert_eq!(received, c);
+        assert_eq!(
+            received.info.serialized_resolved_props_with_custom_schema,
+            r#"{"computed":true}"#
+        );
+        let m = MediaOptions::new("Frames");
+        let (a, b) = (
+            MediaPlan::new(&m, c, 2).unwrap(),
+            MediaPlan::new(&m, received, 2).unwrap(),
+        );
+        assert_eq!((a.width, a.height), (640, 360), "h264 needs even sizes");
+        assert_eq!((a.frames, a.width, a.height), (b.frames, b.width, b.height));
+        let range: ChunkRange = serde_json::from_str(r#"{"first":3,"last":9}"#).unwrap();
+        assert_eq!(range.frames(), 7);
+    }
+
+    #[test]
+    fn the_output_is_resolved_from_the_options_alone() {
+        let mut m = MediaOptions::new("Frames");
+        let f = OutputFormat::resolve(&m).unwrap();
+        assert_eq!((f.extension, f.default_name()), ("mp4", "out.mp4".into()));
+        assert_eq!(f.audio_codec, Some(AudioCodec::Aac));
+        assert_eq!(OutputFormat::content_type("x/out.mp4"), "video/mp4");
+        m.prefer_lossless = true;
+        assert_eq!(OutputFormat::resolve(&m).unwrap().extension, "mkv");
+        assert_eq!(
+            f.container_for(std::path::Path::new("a.mkv")),
+            "matroska",
+            "the name decides the container"
+        );
+        m.codec = Codec::Wav;
+        m.muted = true;
+        let e = preflight(&m, 2).unwrap_err();
+        assert!(e.to_string().contains("neither audio nor video"), "{e}");
+        let mut m = MediaOptions::new("Frames");
+        m.concurrency = Concurrency::Count(3.0);
+        assert!(preflight(&m, 2).is_err());
+        m.muted = true;
+        m.concurrency = Concurrency::Default;
+        let p = plan(&m, 10);
+        assert!(p.audio.is_none() && p.video.is_some());
+    }
 }

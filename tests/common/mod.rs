@@ -1,6 +1,8 @@
 //! Shared test harness: real processes, real HTTP, real Chromium, real libav.
 #![allow(dead_code)]
 
+pub mod chunks;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
