@@ -256,6 +256,8 @@ pub fn join(
         }
         None => None,
     };
+    // SAFETY: the output format's tag table is static.
+    let output_tags = unsafe { (*out.format().as_ptr()).codec_tag };
     {
         let first = ChunkStream::open(&chunks[0], &name(0))?;
         let stream = first.input.stream(first.index).expect("the stream exists");
@@ -271,7 +273,13 @@ pub fn join(
         unsafe {
             let p = added.parameters().as_mut_ptr();
             // The tag belongs to the source container (`avc1` in mov means nothing to mkv).
-            (*p).codec_tag = 0;
+            // Kept where the output's container reads it as the same codec: ProRes says its
+            // profile in it (`ap4h` is 4444, `apch` HQ).
+            if output_tags.is_null()
+                || ff::ffi::av_codec_get_id(output_tags, (*p).codec_tag) != (*p).codec_id
+            {
+                (*p).codec_tag = 0;
+            }
             // VP8/VP9 alpha travels as side data in each packet; the Matroska muxer marks
             // the track as having it from the pixel format, which the demuxer reported only
             // as the `alpha_mode` tag.
