@@ -412,6 +412,29 @@ impl Renderer {
         Ok(outcome(frames, assets, plan))
     }
 
+    /// Stage 2 as an instance that renders one chunk of someone else's plan runs it: opens
+    /// `site`, builds the plan of `media` from the `composition` the planning instance
+    /// resolved (calculateMetadata does not run again; the resolved props come with it) and
+    /// renders `range` of it into `output` (see [`Session::render_chunk`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn render_chunk(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        composition: ResolvedComposition,
+        range: ChunkRange,
+        access: Access,
+        output: &Path,
+        progress: &ProgressSender,
+        cancel: &CancellationToken,
+    ) -> Result<ChunkOutcome, RenderError> {
+        let plan = MediaPlan::new(media, composition, self.cpus)?;
+        let session = self.open(site, access).await?;
+        session
+            .render_chunk(&plan, range, output, progress, cancel)
+            .await
+    }
+
     /// Captures every frame of a render and returns the images in output order, without
     /// encoding them: the capture half of a render, for benchmarks.
     pub async fn capture_only(

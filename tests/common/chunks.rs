@@ -83,8 +83,8 @@ pub struct Chunked {
 
 /// Renders `media` as a coordinator and its workers would: the coordinator resolves the
 /// composition (calculateMetadata runs there, once) and sends it as JSON; each "worker"
-/// opens its own session, builds the plan from what it received and renders its range
-/// into its own file; the coordinator joins the files and mixes the audio.
+/// builds the plan from what it received and renders its range into its own file
+/// (`Renderer::render_chunk`); the coordinator joins the files and mixes the audio.
 pub fn render_in_chunks(media: &MediaOptions, frames_per_chunk: u64) -> Chunked {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
@@ -106,15 +106,22 @@ pub fn render_in_chunks(media: &MediaOptions, frames_per_chunk: u64) -> Chunked 
         for (index, range) in ranges.iter().enumerate() {
             let range: ChunkRange =
                 serde_json::from_str(&serde_json::to_string(range).unwrap()).unwrap();
-            let worker = r.open(&site, Access::RemoteOnly).await.unwrap();
             let received: ResolvedComposition = serde_json::from_str(&sent).unwrap();
-            let worker_plan = MediaPlan::new(media, received, r.cpus()).unwrap();
             let (_, extension) =
                 cloudrun_render::encode::chunk_container(media.codec).expect("a chunked codec");
             let path = dir.path().join(format!("chunk-{index}.{extension}"));
             let (tx, rx) = render::progress::channel();
-            let outcome = worker
-                .render_chunk(&worker_plan, range, &path, &tx, &cancel)
+            let outcome = r
+                .render_chunk(
+                    &site,
+                    media,
+                    received,
+                    range,
+                    Access::RemoteOnly,
+                    &path,
+                    &tx,
+                    &cancel,
+                )
                 .await
                 .unwrap();
             // What the coordinator receives over the network.
