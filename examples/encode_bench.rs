@@ -6,7 +6,7 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use cloudrun_render::encode::{self, FramePreparer, VideoEncoder};
+use cloudrun_render::encode::{self, FramePreparer, Target, VideoEncoder};
 use cloudrun_render::options::{Codec, MediaOptions, VideoImageFormat};
 
 const W: u32 = 1920;
@@ -100,7 +100,14 @@ fn main() {
     let path = dir
         .path()
         .join(format!("out.{}", encode::file_extension(codec, None)));
-    let mut encoder = VideoEncoder::create(&path, &settings).unwrap();
+    let mut encoder = VideoEncoder::create(
+        &path,
+        &settings,
+        Target::Output {
+            muxer: encode::traits(codec).muxer,
+        },
+    )
+    .unwrap();
     let t = Instant::now();
     let cpu = cpu_seconds();
     // Workers prepare frames in parallel; the encoder takes them in order, with a bounded

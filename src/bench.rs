@@ -1,8 +1,10 @@
 //! `cloudrun-render bench`: where the time of a render goes, measured in one run.
 //!
 //! C (capture only), E (encode only), their bound B = 1/(1/C + 1/E), the real render R, a
-//! sequential baseline S, peak memory of us plus Chromium, and warm still latency. Never part
-//! of the test suite: it prints numbers, it asserts nothing.
+//! sequential baseline S, peak memory of us plus Chromium, and warm still latency; with
+//! `--mode chunks`, what rendering in chunks costs: the CPU of a render in N chunks over
+//! the same render in one piece, and the join per minute of video. Never part of the test
+//! suite: it prints numbers, it asserts nothing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,12 +16,12 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::browser::PageGuard;
-use crate::encode::{self, FramePreparer, VideoEncoder};
+use crate::encode::{self, FramePreparer, Target, VideoEncoder};
 use crate::options::{
     Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
     VideoImageFormat, X264Preset,
 };
-use crate::render::{self, Renderer};
+use crate::render::{self, ChunkFile, MediaPlan, Renderer};
 use crate::site::Access;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +40,19 @@ pub struct BenchArgs {
     /// Where to write the results table.
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub out: PathBuf,
+    /// `all`: capture, encode, render, memory, stills. `chunks`: a render in chunks against
+    /// the same render in one piece, and the cost of the join.
+    #[arg(long, value_enum, default_value_t = BenchMode::All)]
+    pub mode: BenchMode,
+    /// Chunks for `--mode chunks`.
+    #[arg(long, default_value_t = 4)]
+    pub chunks: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    All,
+    Chunks,
 }
 
 /// Peak RSS and PSS of our process tree (us, Chromium and its children), sampled every 100 ms.
@@ -168,7 +183,7 @@ fn encode_all(
 ) -> anyhow::Result<f64> {
     let started = Instant::now();
     let preparer = FramePreparer::new(settings);
-    let mut encoder = VideoEncoder::create(output, settings)?;
+    let mut encoder = VideoEncoder::create(output, settings, Target::Output { muxer: "mp4" })?;
     let next = AtomicUsize::new(0);
     let (tx, rx) = std::sync::mpsc::sync_channel(workers * 2);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -270,23 +285,30 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
-const START: &str = "<!-- bench:start -->";
-const END: &str = "<!-- bench:end -->";
+/// The markers around each mode's generated part of BENCHMARKS.md.
+fn markers(mode: BenchMode) -> (&'static str, &'static str) {
+    match mode {
+        BenchMode::All => ("<!-- bench:start -->", "<!-- bench:end -->"),
+        BenchMode::Chunks => ("<!-- bench-chunks:start -->", "<!-- bench-chunks:end -->"),
+    }
+}
 
-/// The file with the generated part between the markers replaced by `report`; what is
-/// written around it (analysis, experiments) stays.
-fn merge_into(path: &Path, report: &str) -> String {
-    let generated = format!("{START}\n{report}{END}\n");
+/// The file with `mode`'s generated part replaced by `report`; what is written around it
+/// (analysis, experiments, the other mode's part) stays. A missing part is appended.
+fn merge_into(path: &Path, mode: BenchMode, report: &str) -> String {
+    let (start, end) = markers(mode);
+    let generated = format!("{start}\n{report}{end}\n");
     let existing = std::fs::read_to_string(path).unwrap_or_default();
-    match (existing.find(START), existing.find(END)) {
+    match (existing.find(start), existing.find(end)) {
         (Some(a), Some(b)) if a < b => {
             format!(
                 "{}{generated}{}",
                 &existing[..a],
-                &existing[b + END.len()..].trim_start_matches('\n')
+                &existing[b + end.len()..].trim_start_matches('\n')
             )
         }
-        _ => format!("# Benchmarks\n\n{generated}"),
+        _ if existing.is_empty() => format!("# Benchmarks\n\n{generated}"),
+        _ => format!("{}\n{generated}", existing.trim_end_matches('\n')),
     }
 }
 
@@ -297,17 +319,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let renderer = Renderer::start(PageGuard::new(None)).await?;
-    let result = measure(&renderer, &args).await;
+    let result = match args.mode {
+        BenchMode::All => measure(&renderer, &args).await,
+        BenchMode::Chunks => measure_chunks(&renderer, &args).await,
+    };
     renderer.shutdown().await;
     let report = result?;
     println!("{report}");
-    std::fs::write(&args.out, merge_into(&args.out, &report))?;
+    std::fs::write(&args.out, merge_into(&args.out, args.mode, &report))?;
     eprintln!("wrote {}", args.out.display());
     Ok(())
 }
 
-async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String> {
-    let site = SiteOptions::new(args.site.clone());
+/// The benchmark render: h264 crf 18 preset medium, the first `--frames` frames.
+fn bench_media(args: &BenchArgs) -> MediaOptions {
     let mut media = MediaOptions::new(args.composition.clone());
     media.crf = Some(18.0);
     media.x264_preset = Some(X264Preset::Medium);
@@ -317,6 +342,141 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     if let Some(c) = args.concurrency {
         media.concurrency = c;
     }
+    media
+}
+
+/// A render in `--chunks` chunks through the stages (what an instance spread over others
+/// does, here one chunk after the other) against the same frames in one piece: CPU of our
+/// process tree and wall time of each, and the join alone, per minute of video.
+async fn measure_chunks(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String> {
+    let site = SiteOptions::new(args.site.clone());
+    let media = bench_media(args);
+    let access = Access::RemoteOrLocal;
+    let work = tempfile::tempdir()?;
+    let cancel = CancellationToken::new();
+    let (tx, _rx) = render::progress::channel();
+
+    eprintln!("one piece…");
+    let single_path = work.path().join("single.mp4");
+    let started = Instant::now();
+    let cpu_before = tree_cpu_seconds();
+    renderer
+        .render_media(&site, &media, access, &single_path, &tx, &cancel)
+        .await?;
+    let single_seconds = started.elapsed().as_secs_f64();
+    let single_cpu = tree_cpu_seconds() - cpu_before;
+
+    eprintln!("{} chunks…", args.chunks);
+    let started = Instant::now();
+    let cpu_before = tree_cpu_seconds();
+    let session = renderer.open(&site, access).await?;
+    let composition = session
+        .resolve(&media.composition_id, &media.overrides, &cancel)
+        .await?;
+    let plan = MediaPlan::new(&media, composition, renderer.cpus())?;
+    let per_chunk = plan.total().div_ceil(args.chunks.max(1));
+    let mut files = Vec::new();
+    let mut assets = Vec::new();
+    for (i, range) in plan.chunks(per_chunk).into_iter().enumerate() {
+        let (_, extension) = encode::chunk_container(media.codec).expect("h264 is chunked");
+        let path = work.path().join(format!("chunk-{i}.{extension}"));
+        let outcome = session
+            .render_chunk(&plan, range, &path, &tx, &cancel)
+            .await?;
+        files.push(ChunkFile {
+            path,
+            frames: outcome.frames,
+        });
+        assets.extend(outcome.assets);
+    }
+    let chunked_path = work.path().join("chunked.mp4");
+    let joining = Instant::now();
+    let fetcher = session.media_files().clone();
+    render::join::join(
+        &plan,
+        &files,
+        &assets,
+        fetcher.clone(),
+        &chunked_path,
+        &cancel,
+    )
+    .await?;
+    let first_join = joining.elapsed().as_secs_f64();
+    let chunked_seconds = started.elapsed().as_secs_f64();
+    let chunked_cpu = tree_cpu_seconds() - cpu_before;
+
+    eprintln!("the join alone…");
+    let mut joins = vec![first_join];
+    for _ in 0..4 {
+        let again = work.path().join("again.mp4");
+        let joining = Instant::now();
+        render::join::join(&plan, &files, &assets, fetcher.clone(), &again, &cancel).await?;
+        joins.push(joining.elapsed().as_secs_f64());
+    }
+    let join_seconds = median(joins);
+    let video_minutes = plan.total() as f64 / plan.output_fps / 60.0;
+    let mib = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0;
+
+    let mut out = String::new();
+    out.push_str(&format!(
+        "`cloudrun-render bench --mode chunks`: composition `{}` of `{}`, {}x{}, {} frames at {} fps ({:.2} min of video), h264 crf 18 preset medium, {} tab(s) on {} CPUs, {} chunks of up to {per_chunk} frames rendered one after the other in one process. One run.\n\n",
+        args.composition,
+        args.site,
+        plan.width,
+        plan.height,
+        plan.total(),
+        plan.output_fps,
+        video_minutes,
+        plan.tabs,
+        renderer.cpus(),
+        files.len(),
+    ));
+    out.push_str("| measure | value |\n|---|---|\n");
+    let rows = [
+        (
+            "one piece: wall / CPU (us + Chromium)".to_string(),
+            format!(
+                "{single_seconds:.1} s / {single_cpu:.1} s ({:.1} MiB)",
+                mib(&single_path)
+            ),
+        ),
+        (
+            format!("{} chunks, then the join: wall / CPU", files.len()),
+            format!(
+                "{chunked_seconds:.1} s / {chunked_cpu:.1} s ({:.1} MiB)",
+                mib(&chunked_path)
+            ),
+        ),
+        (
+            "CPU of the chunked render over one piece (target ≤ 1.10)".to_string(),
+            format!("{:.3}", chunked_cpu / single_cpu),
+        ),
+        (
+            "wall of the chunked render over one piece".to_string(),
+            format!("{:.3}", chunked_seconds / single_seconds),
+        ),
+        (
+            "the join alone (median of 5)".to_string(),
+            format!("{:.0} ms", join_seconds * 1000.0),
+        ),
+        (
+            "the join per minute of video".to_string(),
+            format!("{:.0} ms", join_seconds * 1000.0 / video_minutes),
+        ),
+    ];
+    for (k, v) in rows {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    out.push_str("\nMachine:\n\n| | |\n|---|---|\n");
+    for (k, v) in machine() {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    Ok(out)
+}
+
+async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String> {
+    let site = SiteOptions::new(args.site.clone());
+    let media = bench_media(args);
     let access = Access::RemoteOrLocal;
     let work = tempfile::tempdir()?;
     let cpus = crate::system::cpu_count();
@@ -485,17 +645,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_report_replaces_only_the_generated_part() {
+    fn a_new_report_replaces_only_its_generated_part() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("B.md");
+        let (start, end) = markers(BenchMode::All);
         assert_eq!(
-            merge_into(&path, "one\n"),
-            format!("# Benchmarks\n\n{START}\none\n{END}\n")
+            merge_into(&path, BenchMode::All, "one\n"),
+            format!("# Benchmarks\n\n{start}\none\n{end}\n")
         );
-        std::fs::write(&path, format!("intro\n{START}\nold\n{END}\nanalysis\n")).unwrap();
+        std::fs::write(&path, format!("intro\n{start}\nold\n{end}\nanalysis\n")).unwrap();
         assert_eq!(
-            merge_into(&path, "new\n"),
-            format!("intro\n{START}\nnew\n{END}\nanalysis\n")
+            merge_into(&path, BenchMode::All, "new\n"),
+            format!("intro\n{start}\nnew\n{end}\nanalysis\n")
+        );
+        // The chunks part goes after what is there, then is replaced in place.
+        let (cs, ce) = markers(BenchMode::Chunks);
+        let with_chunks = merge_into(&path, BenchMode::Chunks, "c1\n");
+        assert_eq!(
+            with_chunks,
+            format!("intro\n{start}\nold\n{end}\nanalysis\n{cs}\nc1\n{ce}\n")
+        );
+        std::fs::write(&path, &with_chunks).unwrap();
+        assert_eq!(
+            merge_into(&path, BenchMode::Chunks, "c2\n"),
+            format!("intro\n{start}\nold\n{end}\nanalysis\n{cs}\nc2\n{ce}\n")
         );
     }
 }

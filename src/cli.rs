@@ -156,6 +156,11 @@ pub struct RenderArgs {
     pub height: Option<u32>,
     #[command(flatten)]
     pub service: remote::ServiceArgs,
+    /// Render N frames at a time, one chunk after the other, then join the chunks without
+    /// re-encoding: what a render spread over instances does. gif and audio-only outputs are
+    /// rendered in one piece.
+    #[arg(long = "frames-per-chunk", value_parser = clap::value_parser!(u64).range(1..))]
+    pub frames_per_chunk: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -419,11 +424,12 @@ async fn render(args: RenderArgs) -> anyhow::Result<()> {
     });
     let partial = partial_path(&output);
     let result = renderer
-        .render_media(
+        .render_media_in_chunks(
             &site,
             &media,
             Access::RemoteOrLocal,
             &partial,
+            args.frames_per_chunk,
             &progress_tx,
             &cancel,
         )
@@ -586,10 +592,13 @@ mod tests {
             "fast",
             "--concurrency",
             "2",
+            "--frames-per-chunk",
+            "50",
         ]);
         let Command::Render(args) = cli.command else {
             panic!()
         };
+        assert_eq!(args.frames_per_chunk, Some(50));
         let m = args.to_options().unwrap();
         assert_eq!(m.codec, Codec::Prores);
         assert_eq!(m.prores_profile, Some(ProResProfile::ProRes4444));
@@ -605,6 +614,7 @@ mod tests {
             &["render", "s", "C", "o.mp4", "--frames", "9-3"],
             &["render", "s", "C", "o.mp4", "--concurrency", "lots"],
             &["render", "s", "C", "o.mp4", "--image-format", "webp"],
+            &["render", "s", "C", "o.mp4", "--frames-per-chunk", "0"],
             &["still", "s", "C", "o.png", "--image-format", "gif"],
         ] {
             assert!(

@@ -17,7 +17,7 @@ use ffmpeg_next as ff;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::audio::Fetcher;
+use crate::fetch::Fetcher;
 
 /// Default budget of the answer cache.
 pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
@@ -237,7 +237,7 @@ unsafe impl Send for Source {}
 
 impl Source {
     fn open(path: PathBuf, threads: usize) -> Result<Source, String> {
-        let _ = ff::init();
+        crate::libav::init();
         let input = ff::format::input(&path).map_err(|e| format!("cannot open the video: {e}"))?;
         let stream = input
             .streams()

@@ -30,6 +30,13 @@ pub enum SiteError {
     HostNotAllowed { host: String, allowed: String },
 }
 
+impl SiteError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "Error"
+    }
+}
+
 /// Comma-separated hosts a service accepts serve URLs from (`*.example.com` allowed). Unset:
 /// any host.
 pub const ALLOWED_HOSTS_ENV: &str = "CLOUDRUN_RENDER_ALLOWED_SERVE_HOSTS";
@@ -213,7 +220,7 @@ mod tests {
     }
 
     fn frames() -> Arc<FrameServer> {
-        let fetcher = crate::audio::Fetcher::new(crate::guard::PageGuard::new(None)).unwrap();
+        let fetcher = crate::fetch::Fetcher::new(crate::guard::PageGuard::new(None)).unwrap();
         Arc::new(FrameServer::new(Arc::new(fetcher), None, None))
     }
 

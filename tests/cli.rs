@@ -281,3 +281,34 @@ fn ctrl_c_stops_a_render_and_leaves_nothing_behind() {
         group_members(browser).is_empty()
     });
 }
+
+#[test]
+fn frames_per_chunk_renders_chunks_and_joins_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chunked.mp4");
+    let o = cli(&[
+        "render",
+        &site_dir(),
+        "Frames",
+        out.to_str().unwrap(),
+        "--frames",
+        "10-39",
+        "--frames-per-chunk",
+        "8",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_frames(&out, &(10..40).collect::<Vec<_>>());
+    let chunks = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "render timings")
+        .count();
+    assert_eq!(chunks, 4, "one timings line per chunk: {stderr}");
+    // The chunk files went with the render.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("chunked.mp4")]);
+}

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cloudrun_render::encode::{
-    self, AudioSettings, FramePreparer, Pcm, VideoEncoder, VideoSettings, remux_with_audio,
-    write_audio_only,
+    self, AudioSettings, ChunkFile, EncodeError, FramePreparer, FrameRate, JoinAudio, Target,
+    VideoEncoder, VideoSettings, write_audio_only,
 };
 use cloudrun_render::options::{
     AudioCodec, Codec, ColorSpace, MediaOptions, PixelFormat, ProResProfile, VideoImageFormat,
     X264Preset,
 };
+use cloudrun_render::pcm::Pcm;
 use common::{
     RgbFrames, audio_stream, bar_code, bars_picture, ffprobe, frequency, left, rms, stereo_pcm,
     video_stream,
@@ -87,6 +88,13 @@ fn encode_png_alpha(media: &MediaOptions, frames: u64, fps: f64) -> Encoded {
     encode_shots(&s, shots)
 }
 
+/// The output itself, in the codec's own container.
+fn output_of(s: &VideoSettings) -> Target {
+    Target::Output {
+        muxer: encode::traits(s.codec).muxer,
+    }
+}
+
 fn encode_shots(s: &VideoSettings, shots: impl Iterator<Item = Vec<u8>>) -> Encoded {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(match s.codec {
@@ -99,7 +107,7 @@ fn encode_shots(s: &VideoSettings, shots: impl Iterator<Item = Vec<u8>>) -> Enco
         audio_only => panic!("{audio_only} has no video"),
     });
     let preparer = FramePreparer::new(s);
-    let mut encoder = VideoEncoder::create(&path, s).expect("create the encoder");
+    let mut encoder = VideoEncoder::create(&path, s, output_of(s)).expect("create the encoder");
     let mut n = 0;
     for shot in shots {
         encoder.push(preparer.prepare(&shot).unwrap()).unwrap();
@@ -409,7 +417,7 @@ fn gif_frames_stream_through_the_palette() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("out.gif");
     let preparer = FramePreparer::new(&s);
-    let mut encoder = VideoEncoder::create(&path, &s).unwrap();
+    let mut encoder = VideoEncoder::create(&path, &s, output_of(&s)).unwrap();
     let rgb = bars_picture(1, W, H, false);
     for pushed in 1..=20u64 {
         encoder
@@ -534,7 +542,7 @@ fn color_spaces_are_converted_and_tagged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.mp4");
         let preparer = FramePreparer::new(&s);
-        let mut encoder = VideoEncoder::create(&path, &s).unwrap();
+        let mut encoder = VideoEncoder::create(&path, &s, output_of(&s)).unwrap();
         encoder
             .push(preparer.prepare_raw(&red, W, H, false).unwrap())
             .unwrap();
@@ -649,19 +657,18 @@ fn invalid_combinations_name_the_option() {
 const RATE: u32 = 48_000;
 
 /// A stereo sine, interleaved, `seconds` long at amplitude `level`.
-fn tone(freq: f64, level: f64, seconds: f64) -> Vec<f32> {
+fn tone(freq: f64, level: f64, seconds: f64) -> Pcm {
     let n = (seconds * RATE as f64) as usize;
-    (0..n)
-        .flat_map(|i| {
-            let v =
-                (level * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin()) as f32;
-            [v, v]
-        })
-        .collect()
-}
-
-fn to_s16(samples: &[f32]) -> Vec<i16> {
-    samples.iter().map(|v| (v * 32767.0) as i16).collect()
+    Pcm {
+        sample_rate: RATE,
+        samples: (0..n)
+            .flat_map(|i| {
+                let v = (level * (2.0 * std::f64::consts::PI * freq * i as f64 / RATE as f64).sin())
+                    as f32;
+                [v, v]
+            })
+            .collect(),
+    }
 }
 
 fn assert_tone(samples: &[f32], freq: f64, level: f64, what: &str) {
@@ -676,26 +683,20 @@ fn assert_tone(samples: &[f32], freq: f64, level: f64, what: &str) {
 
 #[test]
 fn audio_only_outputs_carry_the_tone() {
-    let samples = tone(440.0, 0.5, 1.0);
-    let s16 = to_s16(&samples);
-    // codec, container, codec_name, input, duration tolerance (ADTS durations are estimates)
+    let pcm = tone(440.0, 0.5, 1.0);
+    // codec, container, codec_name, duration tolerance (ADTS durations are estimates)
     let cases = [
-        (AudioCodec::Aac, "aac", "aac", false, 0.06),
-        (AudioCodec::Mp3, "mp3", "mp3", true, 0.06),
-        (AudioCodec::Pcm16, "wav", "pcm_s16le", true, 0.001),
-        (AudioCodec::Opus, "opus", "opus", false, 0.03),
+        (AudioCodec::Aac, "aac", "aac", 0.06),
+        (AudioCodec::Mp3, "mp3", "mp3", 0.06),
+        (AudioCodec::Pcm16, "wav", "pcm_s16le", 0.001),
+        (AudioCodec::Opus, "opus", "opus", 0.03),
     ];
-    for (codec, ext, codec_name, use_s16, tolerance) in cases {
+    for (codec, ext, codec_name, tolerance) in cases {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(format!("out.{ext}"));
-        let mut pcm = if use_s16 {
-            Pcm::s16(&s16, RATE)
-        } else {
-            Pcm::f32(&samples, RATE)
-        };
         let settings = AudioSettings::new(codec, Some("128k")).unwrap();
         let container = encode::muxer_for_extension(ext).unwrap();
-        write_audio_only(&mut pcm, &settings, None, &path, container).unwrap();
+        write_audio_only(&pcm, &settings, None, &path, container).unwrap();
         let a = audio_stream(&path).expect("an audio stream");
         assert_eq!(a["codec_name"], codec_name, "{codec}");
         assert_eq!(a["sample_rate"], "48000", "{codec}");
@@ -716,7 +717,7 @@ fn audio_only_outputs_carry_the_tone() {
 }
 
 #[test]
-fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
+fn the_join_copies_the_video_and_pads_or_cuts_the_audio() {
     // One second of video; half a second and two seconds of audio.
     let mut m = media(Codec::H264);
     m.metadata = BTreeMap::from([("title".to_string(), "tone".to_string())]);
@@ -728,10 +729,16 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
         let out = dir.path().join("out.mp4");
         let settings = AudioSettings::new(AudioCodec::Aac, None).unwrap();
         let tags = BTreeMap::from([("title".to_string(), "tone".to_string())]);
-        remux_with_audio(
-            &video.path,
-            &mut Pcm::f32(&samples, RATE),
-            &settings,
+        encode::join(
+            &[ChunkFile {
+                path: video.path.clone(),
+                frames: 25,
+            }],
+            FrameRate::from_fps(25.0),
+            Some(JoinAudio {
+                pcm: &samples,
+                settings: &settings,
+            }),
             &out,
             "mp4",
             &tags,
@@ -773,7 +780,7 @@ fn remux_copies_the_video_and_pads_or_cuts_the_audio() {
 }
 
 #[test]
-fn remux_into_every_container_the_codecs_use() {
+fn one_chunk_joins_into_every_container_the_codecs_use() {
     let cases = [
         (Codec::H264, AudioCodec::Pcm16, "mkv", "pcm_s16le"),
         (Codec::H264, AudioCodec::Mp3, "mp4", "mp3"),
@@ -785,21 +792,31 @@ fn remux_into_every_container_the_codecs_use() {
         (Codec::H264Mkv, AudioCodec::Mp3, "mkv", "mp3"),
         (Codec::H264Ts, AudioCodec::Aac, "ts", "aac"),
     ];
-    let samples = to_s16(&tone(440.0, 0.5, 0.6));
+    let samples = tone(440.0, 0.5, 0.6);
     for (codec, audio, ext, codec_name) in cases {
         assert_eq!(
             encode::file_extension(codec, Some(audio)),
             ext,
             "{codec} + {audio}"
         );
-        let video = encode_jpeg(&media(codec), 10, 25.0, false);
+        // Renders join chunk files; an mpegts that starts at 1.4 s joins as well.
+        let video = match codec {
+            Codec::H264Ts => encode_jpeg(&media(codec), 10, 25.0, false),
+            _ => encode_chunk(&media(codec), 0..10, 25.0),
+        };
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(format!("out.{ext}"));
         let settings = AudioSettings::new(audio, None).unwrap();
-        remux_with_audio(
-            &video.path,
-            &mut Pcm::s16(&samples, RATE),
-            &settings,
+        encode::join(
+            &[ChunkFile {
+                path: video.path.clone(),
+                frames: 10,
+            }],
+            FrameRate::from_fps(25.0),
+            Some(JoinAudio {
+                pcm: &samples,
+                settings: &settings,
+            }),
             &out,
             encode::muxer_for_extension(ext).unwrap(),
             &BTreeMap::new(),
@@ -828,4 +845,115 @@ fn remux_into_every_container_the_codecs_use() {
             &format!("{codec} + {audio}"),
         );
     }
+}
+
+// ---- joining chunks ----
+
+/// Frames `frames` of the test picture encoded as one chunk of `media` at `fps`.
+fn encode_chunk(media: &MediaOptions, frames: std::ops::Range<u64>, fps: f64) -> Encoded {
+    let s = settings_for(media, VideoImageFormat::Jpeg, fps);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, extension) = encode::chunk_container(s.codec).expect("a chunked codec");
+    let path = dir.path().join(format!("chunk.{extension}"));
+    let preparer = FramePreparer::new(&s);
+    let mut encoder = VideoEncoder::create(&path, &s, Target::Chunk).unwrap();
+    for f in frames {
+        let shot = jpeg(&bars_picture(f, W, H, false), W, H);
+        encoder.push(preparer.prepare(&shot).unwrap()).unwrap();
+    }
+    encoder.finish().unwrap();
+    Encoded { path, _dir: dir }
+}
+
+/// Every video packet's pts, in decode order, in the stream's time base.
+fn packet_pts(path: &Path) -> Vec<i64> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["packet=pts", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn chunks_at_23_976_fps_join_at_exact_frame_times() {
+    let fps = 24000.0 / 1001.0;
+    let m = media(Codec::H264);
+    let chunks: Vec<(Encoded, u64)> = [0..10, 10..20, 20..30]
+        .into_iter()
+        .map(|r| (encode_chunk(&m, r.clone(), fps), r.end - r.start))
+        .collect();
+    let files: Vec<ChunkFile> = chunks
+        .iter()
+        .map(|(e, frames)| ChunkFile {
+            path: e.path.clone(),
+            frames: *frames,
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let rate = FrameRate::from_fps(fps);
+    encode::join(&files, rate, None, &out, "mp4", &BTreeMap::new()).unwrap();
+
+    let frames = RgbFrames::decode(&out);
+    let numbers: Vec<u64> = (0..frames.frames.len())
+        .map(|k| frames.frame_number(k))
+        .collect();
+    assert_eq!(numbers, (0..30).collect::<Vec<_>>());
+    let probe = ffprobe(&out);
+    let v = video_stream(&probe);
+    assert_eq!(v["time_base"], "1/24000");
+    assert_eq!(v["avg_frame_rate"], "24000/1001");
+    // Frame k at exactly k × 1001 / 24000 s, across both joins.
+    let mut pts = packet_pts(&out);
+    pts.sort();
+    assert_eq!(pts, (0..30).map(|k| k * 1001).collect::<Vec<i64>>());
+    assert_eq!(v["duration_ts"], 30 * 1001);
+}
+
+#[test]
+fn chunks_that_do_not_fit_together_are_refused() {
+    let m = media(Codec::H264);
+    let mut fast = m.clone();
+    fast.x264_preset = Some(cloudrun_render::options::X264Preset::Ultrafast);
+    let a = encode_chunk(&m, 0..5, 25.0);
+    let b = encode_chunk(&fast, 5..10, 25.0);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.mp4");
+    let join = |files: &[ChunkFile]| {
+        encode::join(
+            files,
+            FrameRate::from_fps(25.0),
+            None,
+            &out,
+            "mp4",
+            &BTreeMap::new(),
+        )
+    };
+    let chunk = |e: &Encoded, frames| ChunkFile {
+        path: e.path.clone(),
+        frames,
+    };
+    // Other parameters (ultrafast has no CABAC: another PPS in the extradata).
+    let e = join(&[chunk(&a, 5), chunk(&b, 5)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("other codec parameters")),
+        "{e}"
+    );
+    // A chunk that holds other frames than it is said to.
+    let e = join(&[chunk(&a, 6)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("holds 5 frames, not the 6")),
+        "{e}"
+    );
+    let e = join(&[chunk(&a, 4)]).unwrap_err();
+    assert!(
+        matches!(&e, EncodeError::Join(m) if m.contains("outside the 4 frames")),
+        "{e}"
+    );
+    assert!(join(&[chunk(&a, 5), chunk(&a, 5)]).is_ok());
 }

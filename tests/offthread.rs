@@ -43,7 +43,7 @@ fn the_proxy_answers_like_the_renderers() {
     // The CLI serves a local bundle on loopback, /proxy included; use the library directly.
     runtime().block_on(async {
         let fetcher = std::sync::Arc::new(
-            cloudrun_render::audio::Fetcher::new(cloudrun_render::guard::PageGuard::new(None))
+            cloudrun_render::fetch::Fetcher::new(cloudrun_render::guard::PageGuard::new(None))
                 .unwrap(),
         );
         let frames = std::sync::Arc::new(cloudrun_render::offthread::FrameServer::new(

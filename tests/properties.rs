@@ -486,7 +486,7 @@ fn serve_url() -> impl Strategy<Value = String> {
 fn serve_urls_open_as_remote_sites_or_are_refused_naming_them() {
     let frames = Arc::new(cloudrun_render::offthread::FrameServer::new(
         Arc::new(
-            cloudrun_render::audio::Fetcher::new(cloudrun_render::guard::PageGuard::new(None))
+            cloudrun_render::fetch::Fetcher::new(cloudrun_render::guard::PageGuard::new(None))
                 .unwrap(),
         ),
         None,

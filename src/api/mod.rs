@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::encode;
 use crate::options::StillImageFormat;
 use crate::render::{self, RenderError, Renderer};
 use crate::site::Access;
@@ -144,7 +143,7 @@ fn render_error_body(e: &RenderError) -> ErrorBody {
 }
 
 fn storage_error_body(e: &StorageError) -> ErrorBody {
-    ErrorBody::new("StorageError", e.to_string(), format!("StorageError: {e}"))
+    ErrorBody::new(e.name(), e.to_string(), format!("{}: {e}", e.name()))
 }
 
 fn json_response(status: StatusCode, e: &ErrorBody) -> Response {
@@ -425,13 +424,11 @@ async fn run_media(
                 "",
             )
         })?;
-    let media = &request.media;
     // The extension follows the codec and the audio codec actually used (the original named
     // the file after the raw setting, which broke preferLossless).
-    let audio = encode::resolve_audio_codec(media.codec, media.audio_codec, media.prefer_lossless)
-        .map_err(|e| render_error_body(&RenderError::Encode(e)))?;
-    let extension = encode::file_extension(media.codec, audio);
-    let local: PathBuf = work.path().join(format!("out.{extension}"));
+    let format =
+        render::OutputFormat::resolve(&request.media).map_err(|e| render_error_body(&e))?;
+    let local: PathBuf = work.path().join(format.default_name());
     state
         .renderer
         .render_media(
@@ -448,10 +445,10 @@ async fn run_media(
         .upload
         .out_name
         .clone()
-        .unwrap_or_else(|| format!("out.{extension}"));
+        .unwrap_or_else(|| format.default_name());
     let key = storage::object_key(render_id, &name);
     let options = ObjectOptions {
-        content_type: encode::content_type_for_name(&name).to_string(),
+        content_type: render::OutputFormat::content_type(&name).to_string(),
         content_disposition: storage::content_disposition(&request.upload.download_behavior),
         privacy: request.upload.privacy,
     };

@@ -2,8 +2,17 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// What the page registered during one captured frame, as `remotion_collectAssets()` returned
+/// it. Serializable: the instances that render chunks send theirs to the one that mixes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssetRecord {
+    /// The composition frame.
+    pub frame: u64,
+    pub assets: Value,
+}
 
 /// One `type: "audio" | "video"` record of `remotion_collectAssets()`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

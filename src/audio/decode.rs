@@ -13,14 +13,6 @@ fn libav(during: &'static str) -> impl FnOnce(ff::Error) -> AudioError {
     move |e| AudioError::Decode(format!("{during}: {e}"))
 }
 
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        let _ = ff::init();
-        ff::util::log::set_level(ff::util::log::Level::Error);
-    });
-}
-
 /// `atempo` takes 0.5..=2 reliably; larger changes are a chain of steps.
 fn atempo_chain(mut factor: f64) -> Vec<String> {
     let mut steps = Vec::new();
@@ -149,7 +141,7 @@ pub fn shift_pitch(
     sample_rate: u32,
     tone_frequency: f64,
 ) -> Result<Vec<f32>, AudioError> {
-    init();
+    crate::libav::init();
     let args = format!(
         "time_base=1/{sample_rate}:sample_rate={sample_rate}:sample_fmt=flt:channel_layout=0x{:x}",
         ff::ChannelLayout::STEREO.bits()
@@ -204,7 +196,7 @@ pub fn duration(path: &Path, stream_index: usize) -> Result<Option<f64>, AudioEr
 /// Decodes the `stream_index`-th audio stream of `path` through [`filter_spec`].
 /// Returns interleaved stereo samples, or `None` when the file has no such audio stream.
 pub fn decode(path: &Path, x: &Extract) -> Result<Option<Vec<f32>>, AudioError> {
-    init();
+    crate::libav::init();
     let mut input = ff::format::input(path).map_err(libav("opening the source"))?;
     let Some(stream) = input
         .streams()

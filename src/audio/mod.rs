@@ -6,47 +6,32 @@
 
 pub mod assets;
 pub mod decode;
-pub mod source;
 
 use std::sync::Arc;
 
-use serde_json::Value;
+pub use assets::{AssetRecord, FrameAssets, Track};
 
-pub use assets::{FrameAssets, Track};
-pub use source::Fetcher;
-
-/// The renderer's default sample rate.
-pub const DEFAULT_SAMPLE_RATE: u32 = 48_000;
+use crate::fetch::{FetchError, Fetcher};
+use crate::pcm::Pcm;
 
 /// Tracks decoded at the same time (the renderer uses 2 too).
 const PARALLEL_TRACKS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
-    #[error("{0}")]
-    Fetch(String),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
     #[error("Could not decode audio: {0}")]
     Decode(String),
 }
 
-/// Interleaved stereo samples.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pcm {
-    pub sample_rate: u32,
-    pub samples: Vec<f32>,
-}
-
-impl Pcm {
-    pub fn silence(sample_rate: u32, seconds: f64) -> Pcm {
-        let frames = (seconds * sample_rate as f64).round() as usize;
-        Pcm {
-            sample_rate,
-            samples: vec![0.0; frames * 2],
+impl AudioError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AudioError::Fetch(e) => e.name(),
+            AudioError::Decode(_) => "Error",
         }
-    }
-
-    pub fn seconds(&self) -> f64 {
-        self.samples.len() as f64 / 2.0 / self.sample_rate as f64
     }
 }
 
@@ -70,10 +55,10 @@ impl Timeline {
 }
 
 /// Reads the per-frame records (in output order) the capture stage collected.
-pub fn parse_frames(frames: &[(u64, Value)]) -> Vec<(u64, FrameAssets)> {
+pub fn parse_frames(frames: &[AssetRecord]) -> Vec<(u64, FrameAssets)> {
     frames
         .iter()
-        .map(|(f, v)| (*f, assets::parse_frame(v)))
+        .map(|r| (r.frame, assets::parse_frame(&r.assets)))
         .collect()
 }
 
@@ -83,7 +68,8 @@ pub fn has_audio(frames: &[(u64, FrameAssets)]) -> bool {
 }
 
 /// Mixes every track and inline-audio stream of `frames` into one stereo track as long as
-/// the video. A plain sum, no normalisation, like the renderer's `amix normalize=0`.
+/// the video. A plain sum, no normalisation, like the renderer's `amix normalize=0`, clipped
+/// to full scale.
 pub async fn mix(
     frames: &[(u64, FrameAssets)],
     timeline: Timeline,
@@ -115,6 +101,10 @@ pub async fn mix(
         }
     }
     mix_inline(frames, &timeline, &mut master)?;
+    // A plain sum can exceed full scale; clip, never wrap around in the encoder.
+    for s in &mut master {
+        *s = s.clamp(-1.0, 1.0);
+    }
     Ok(Pcm {
         sample_rate: timeline.sample_rate,
         samples: master,

@@ -60,7 +60,7 @@ pub struct PageViewport {
 }
 
 /// What `remotion_calculateComposition()` / `getStaticCompositions()` return.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CompositionInfo {
     pub id: String,

@@ -1,100 +1,21 @@
-//! Audio encoding: interleaved stereo PCM → aac, mp3, opus or pcm-16.
+//! Audio encoding: the mix (interleaved stereo f32) → aac, mp3, opus or pcm-16.
 //!
-//! The audio stage hands over its mix as a [`PcmSource`]; [`super::mux`] pulls from it one
-//! encoder frame at a time, so a long track never has to exist twice in memory.
+//! [`super::mux`] pulls from the mix one encoder frame at a time, so a long track never has
+//! to exist twice in memory.
 
 use ffmpeg_next as ff;
 
 use super::codec::audio_encoder_name;
 use super::{EncodeError, init, libav};
 use crate::options::{AudioCodec, parse_bitrate};
+use crate::pcm::{CHANNELS, Pcm};
 
-/// The renderer mixes every asset at this rate.
-pub const DEFAULT_SAMPLE_RATE: u32 = 48_000;
 /// `audioBitrate` when none is given.
 pub const DEFAULT_AUDIO_BITRATE: &str = "320k";
-/// Only stereo, as the renderer's mix (`-ac 2`).
-pub const CHANNELS: usize = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SampleFormat {
-    S16,
-    F32,
-}
-
-impl SampleFormat {
-    pub fn bytes(self) -> usize {
-        match self {
-            SampleFormat::S16 => 2,
-            SampleFormat::F32 => 4,
-        }
-    }
-
-    fn libav(self, planar: bool) -> ff::format::Sample {
-        use ff::format::sample::Type;
-        let t = if planar { Type::Planar } else { Type::Packed };
-        match self {
-            SampleFormat::S16 => ff::format::Sample::I16(t),
-            SampleFormat::F32 => ff::format::Sample::F32(t),
-        }
-    }
-}
-
-/// Interleaved stereo PCM, pulled in pieces.
-pub trait PcmSource {
-    fn format(&self) -> SampleFormat;
-    fn sample_rate(&self) -> u32;
-    /// Copies the next samples into `out` as native-endian bytes of [`PcmSource::format`] and
-    /// returns how many bytes it wrote: whole stereo frames, and 0 only at the end.
-    fn read(&mut self, out: &mut [u8]) -> Result<usize, EncodeError>;
-}
-
-/// PCM already in memory.
-pub struct Pcm<'a> {
-    bytes: &'a [u8],
-    format: SampleFormat,
-    rate: u32,
-    position: usize,
-}
-
-impl<'a> Pcm<'a> {
-    pub fn s16(interleaved: &'a [i16], rate: u32) -> Pcm<'a> {
-        Pcm {
-            bytes: bytemuck::cast_slice(interleaved),
-            format: SampleFormat::S16,
-            rate,
-            position: 0,
-        }
-    }
-
-    pub fn f32(interleaved: &'a [f32], rate: u32) -> Pcm<'a> {
-        Pcm {
-            bytes: bytemuck::cast_slice(interleaved),
-            format: SampleFormat::F32,
-            rate,
-            position: 0,
-        }
-    }
-}
-
-impl PcmSource for Pcm<'_> {
-    fn format(&self) -> SampleFormat {
-        self.format
-    }
-
-    fn sample_rate(&self) -> u32 {
-        self.rate
-    }
-
-    fn read(&mut self, out: &mut [u8]) -> Result<usize, EncodeError> {
-        let frame = self.format.bytes() * CHANNELS;
-        let left = &self.bytes[self.position..];
-        let n = (out.len().min(left.len()) / frame) * frame;
-        out[..n].copy_from_slice(&left[..n]);
-        self.position += n;
-        Ok(n)
-    }
-}
+/// What the mix hands the encoder: packed f32.
+const INPUT: ff::format::Sample = ff::format::Sample::F32(ff::format::sample::Type::Packed);
+const INPUT_BYTES: usize = 4;
 
 /// How the audio track is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +38,6 @@ impl AudioSettings {
 pub(crate) struct AudioEncoder {
     encoder: ff::encoder::Audio,
     resampler: ff::software::resampling::Context,
-    input: SampleFormat,
     rate: u32,
     frame_samples: usize,
     /// The encoder takes a short last frame; otherwise it gets padded with silence.
@@ -131,7 +51,6 @@ unsafe impl Send for AudioEncoder {}
 impl AudioEncoder {
     pub fn new(
         settings: &AudioSettings,
-        input: SampleFormat,
         rate: u32,
         global_header: bool,
     ) -> Result<AudioEncoder, EncodeError> {
@@ -152,15 +71,13 @@ impl AudioEncoder {
         }
         let supported: Vec<ff::format::Sample> =
             audio.formats().map(Iterator::collect).unwrap_or_default();
-        let other = match input {
-            SampleFormat::S16 => SampleFormat::F32,
-            SampleFormat::F32 => SampleFormat::S16,
-        };
+        use ff::format::Sample;
+        use ff::format::sample::Type;
         let preferred = [
-            input.libav(false),
-            input.libav(true),
-            other.libav(true),
-            other.libav(false),
+            INPUT,
+            Sample::F32(Type::Planar),
+            Sample::I16(Type::Planar),
+            Sample::I16(Type::Packed),
         ];
         let format = preferred
             .into_iter()
@@ -200,7 +117,7 @@ impl AudioEncoder {
             n => n,
         };
         let resampler = ff::software::resampling::Context::get(
-            input.libav(false),
+            INPUT,
             ff::ChannelLayout::STEREO,
             rate,
             format,
@@ -211,7 +128,6 @@ impl AudioEncoder {
         Ok(AudioEncoder {
             encoder,
             resampler,
-            input,
             rate,
             frame_samples,
             short_last_frame: variable || caps.contains(ff::codec::Capabilities::SMALL_LAST_FRAME),
@@ -233,7 +149,7 @@ impl AudioEncoder {
 
     /// An empty frame of interleaved input, the encoder's frame size long.
     pub fn input_frame(&self) -> ff::frame::Audio {
-        audio_frame(self.input.libav(false), self.frame_samples, self.rate)
+        audio_frame(INPUT, self.frame_samples, self.rate)
     }
 
     pub fn frame_samples(&self) -> usize {
@@ -248,7 +164,7 @@ impl AudioEncoder {
     ) -> Result<(), EncodeError> {
         let mut samples = samples;
         if samples < self.frame_samples && !self.short_last_frame {
-            let frame_bytes = self.input.bytes() * CHANNELS;
+            let frame_bytes = INPUT_BYTES * CHANNELS;
             input.data_mut(0)[samples * frame_bytes..self.frame_samples * frame_bytes].fill(0);
             samples = self.frame_samples;
         }
@@ -288,36 +204,30 @@ fn audio_frame(format: ff::format::Sample, samples: usize, rate: u32) -> ff::fra
     frame
 }
 
-/// An audio track as it is written: pulls from the source, pads with silence or cuts to
-/// `total` samples, and hands out encoded packets.
+/// An audio track as it is written: reads the mix, pads it with silence or cuts it to
+/// `total` stereo frames, and hands out encoded packets.
 pub(crate) struct Track<'s> {
-    source: &'s mut dyn PcmSource,
+    pcm: &'s Pcm,
     encoder: AudioEncoder,
     total: Option<u64>,
+    /// Stereo frames handed to the encoder so far.
     sent: u64,
-    source_done: bool,
     flushed: bool,
 }
 
 impl<'s> Track<'s> {
     pub fn new(
-        source: &'s mut dyn PcmSource,
+        pcm: &'s Pcm,
         settings: &AudioSettings,
         total: Option<u64>,
         global_header: bool,
     ) -> Result<Track<'s>, EncodeError> {
-        let encoder = AudioEncoder::new(
-            settings,
-            source.format(),
-            source.sample_rate(),
-            global_header,
-        )?;
+        let encoder = AudioEncoder::new(settings, pcm.sample_rate, global_header)?;
         Ok(Track {
-            source,
+            pcm,
             encoder,
             total,
             sent: 0,
-            source_done: false,
             flushed: false,
         })
     }
@@ -344,38 +254,23 @@ impl<'s> Track<'s> {
         if self.flushed {
             return Ok(());
         }
-        let want = match self.total {
-            Some(total) => (total - self.sent).min(self.encoder.frame_samples() as u64) as usize,
-            None => self.encoder.frame_samples(),
-        };
+        let available = self.pcm.frames() as u64;
+        let end = self.total.unwrap_or(available);
+        let want = (end - self.sent).min(self.encoder.frame_samples() as u64) as usize;
         let mut frame = self.encoder.input_frame();
-        let frame_bytes = self.encoder.input.bytes() * CHANNELS;
-        let mut filled = 0;
-        {
-            let buf = &mut frame.data_mut(0)[..want * frame_bytes];
-            while filled < buf.len() && !self.source_done {
-                let n = self.source.read(&mut buf[filled..])?;
-                if n == 0 {
-                    self.source_done = true;
-                }
-                filled += n;
-            }
+        if want > 0 {
+            let from = (self.sent as usize).min(self.pcm.frames());
+            let to = (self.sent as usize + want).min(self.pcm.frames());
+            let source: &[u8] =
+                bytemuck::cast_slice(&self.pcm.samples[from * CHANNELS..to * CHANNELS]);
+            let buf = &mut frame.data_mut(0)[..want * INPUT_BYTES * CHANNELS];
+            buf[..source.len()].copy_from_slice(source);
             // Shorter than the video: the rest is silence, as the renderer pads its mix.
-            if self.total.is_some() {
-                buf[filled..].fill(0);
-                filled = buf.len();
-            }
+            buf[source.len()..].fill(0);
+            self.encoder.send(&mut frame, want)?;
+            self.sent += want as u64;
         }
-        let samples = filled / frame_bytes;
-        if samples > 0 {
-            self.encoder.send(&mut frame, samples)?;
-            self.sent += samples as u64;
-        }
-        let complete = match self.total {
-            Some(total) => self.sent >= total,
-            None => self.source_done,
-        };
-        if complete {
+        if self.sent >= end {
             self.encoder.send_eof()?;
             self.flushed = true;
         }
@@ -390,19 +285,6 @@ impl<'s> Track<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pcm_is_read_in_whole_stereo_frames() {
-        let samples: Vec<i16> = (0..10).collect();
-        let mut pcm = Pcm::s16(&samples, DEFAULT_SAMPLE_RATE);
-        // 7 bytes hold one stereo s16 frame (4 bytes) and a bit.
-        let mut out = [0u8; 7];
-        assert_eq!(pcm.read(&mut out).unwrap(), 4);
-        assert_eq!(&out[..4], bytemuck::cast_slice::<i16, u8>(&[0, 1]));
-        let mut rest = [0u8; 64];
-        assert_eq!(pcm.read(&mut rest).unwrap(), 16);
-        assert_eq!(pcm.read(&mut rest).unwrap(), 0);
-    }
 
     #[test]
     fn audio_bitrate_defaults_to_320k_and_names_the_option() {

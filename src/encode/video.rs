@@ -8,9 +8,20 @@ use ffmpeg_next as ff;
 use super::codec::traits;
 use super::filter::VideoFilter;
 use super::frame::PreparedFrame;
+use super::join::chunk_container;
 use super::settings::VideoSettings;
 use super::{EncodeError, init, libav};
 use crate::options::{Codec, ColorSpace, PixelFormat};
+
+/// What an encoder writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The output itself, in this libav muxer: container tags, `faststart`, gif loops.
+    Output { muxer: &'static str },
+    /// A video-only file in the codec's chunk container ([`super::chunk_container`]), to be
+    /// joined with others and the audio: no tags, no second pass for `faststart`.
+    Chunk,
+}
 
 /// Encodes frames, in order, into one output file.
 pub struct VideoEncoder {
@@ -29,7 +40,11 @@ pub struct VideoEncoder {
 unsafe impl Send for VideoEncoder {}
 
 impl VideoEncoder {
-    pub fn create(path: &Path, s: &VideoSettings) -> Result<VideoEncoder, EncodeError> {
+    pub fn create(
+        path: &Path,
+        s: &VideoSettings,
+        target: Target,
+    ) -> Result<VideoEncoder, EncodeError> {
         init();
         let t = traits(s.codec);
         let encoder_name = t.video_encoder.ok_or_else(|| {
@@ -37,8 +52,21 @@ impl VideoEncoder {
         })?;
         let codec = ff::encoder::find_by_name(encoder_name)
             .ok_or_else(|| EncodeError::MissingEncoder(encoder_name.into()))?;
+        let muxer = match target {
+            Target::Output { muxer } => muxer,
+            Target::Chunk => {
+                chunk_container(s.codec)
+                    .ok_or_else(|| {
+                        EncodeError::InvalidOption(format!(
+                            "{} output is never rendered in chunks",
+                            s.codec
+                        ))
+                    })?
+                    .0
+            }
+        };
         let mut output =
-            ff::format::output_as(path, t.muxer).map_err(libav("opening the output file"))?;
+            ff::format::output_as(path, muxer).map_err(libav("opening the output file"))?;
         let global_header = output
             .format()
             .flags()
@@ -85,8 +113,10 @@ impl VideoEncoder {
             Codec::H264 | Codec::H264Mkv | Codec::H264Ts => opts.set("threads", &threads),
             Codec::H265 => {
                 opts.set("threads", &threads);
-                // x265 prints its whole configuration to stderr unless told otherwise.
-                opts.set("x265-params", "log-level=error");
+                // x265 prints its whole configuration to stderr unless told otherwise, and
+                // writes it (thread counts included) into the stream headers unless told
+                // otherwise: chunks from machines with other CPU counts could not be joined.
+                opts.set("x265-params", "log-level=error:info=0");
             }
             Codec::Prores => {
                 opts.set("profile", &s.prores_profile.ffmpeg_profile().to_string());
@@ -127,14 +157,16 @@ impl VideoEncoder {
             stream.set_avg_frame_rate(s.frame_rate.rational());
             stream_index = stream.index();
         }
-        let mut tags = ff::Dictionary::new();
-        for (k, v) in &s.metadata {
-            tags.set(k, v);
-        }
-        output.set_metadata(tags);
         let mut muxer_opts = ff::Dictionary::new();
-        if t.muxer == "mp4" || t.muxer == "mov" {
-            muxer_opts.set("movflags", "faststart");
+        if let Target::Output { .. } = target {
+            let mut tags = ff::Dictionary::new();
+            for (k, v) in &s.metadata {
+                tags.set(k, v);
+            }
+            output.set_metadata(tags);
+            if muxer == "mp4" || muxer == "mov" {
+                muxer_opts.set("movflags", "faststart");
+            }
         }
         if s.codec == Codec::Gif {
             // Remotion: 0 → play once ("-loop -1"), N → N, unset → the muxer's infinite.

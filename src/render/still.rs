@@ -2,16 +2,13 @@
 //! that tab stays in composition mode afterwards: the next still of the same composition,
 //! site and props only sets the frame and captures.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::{RenderError, Renderer, ResolvedComposition, cancellable};
-use crate::audio::Fetcher;
+use super::{RenderError, Renderer, ResolvedComposition, Session, cancellable};
 use crate::browser::{BrowserError, CaptureFormat, CompositionMode, PageViewport, Tab, contract};
 use crate::options::{CompositionOverrides, LogLevel, SiteOptions, StillImageFormat, StillOptions};
-use crate::site::{Access, Site};
+use crate::site::Access;
 
 /// What must be equal for a warm tab to serve a still: the page it shows and how it shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +49,7 @@ pub(super) struct WarmStill {
     composition: ResolvedComposition,
     browser_generation: Option<u64>,
     /// The loopback server the page's `/proxy` calls go to, and its downloaded media.
-    _site: Site,
-    _media: Arc<Fetcher>,
+    _session: Session,
 }
 
 impl WarmStill {
@@ -159,9 +155,9 @@ impl Renderer {
             warm.close().await;
         }
 
-        let (opened, media) = self.open_site(site, access).await?;
         let browser = lease.browser.clone();
-        let mut setup = Self::page_setup(site, &opened);
+        let session = self.open_with(site, access, lease).await?;
+        let mut setup = session.page_setup();
         setup.video_enabled = true;
         let tab = browser
             .new_tab("still", site.log_level.forwards_page_console())
@@ -195,8 +191,7 @@ impl Renderer {
                     tab,
                     composition: composition.clone(),
                     browser_generation: browser.current_generation().await,
-                    _site: opened,
-                    _media: media,
+                    _session: session,
                 };
                 if let Some(previous) = self.warm_still.lock().await.replace(warm) {
                     previous.close().await;

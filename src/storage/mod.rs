@@ -39,6 +39,13 @@ pub enum StorageError {
     NotFound { bucket: String, key: String },
 }
 
+impl StorageError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "StorageError"
+    }
+}
+
 /// An object as the storage reports it after the upload.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {

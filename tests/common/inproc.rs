@@ -33,7 +33,8 @@ pub fn site() -> SiteOptions {
 pub struct Rendered {
     pub outcome: MediaOutcome,
     pub path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// Keeps `path` alive.
+    pub _dir: tempfile::TempDir,
 }
 
 pub fn render_with(site: &SiteOptions, media: &MediaOptions) -> Result<Rendered, RenderError> {

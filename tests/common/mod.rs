@@ -5,6 +5,7 @@
 //! and re-exports a binary does not use.
 #![allow(dead_code)]
 
+pub mod chunks;
 pub mod client;
 pub mod crash;
 pub mod emulators;

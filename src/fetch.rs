@@ -1,5 +1,6 @@
 //! Fetching the media a page refers to: http(s) URLs and `data:` URLs, each once per render,
-//! into a temporary directory that goes away with the render.
+//! into a temporary directory that goes away with the render. The audio mix, OffthreadVideo's
+//! frame server and stills' pages all read through one fetcher per render.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +15,6 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use super::AudioError;
 use crate::guard::{PageGuard, is_forbidden_ip};
 
 /// How a name becomes addresses: the system's resolver, or a table in tests.
@@ -25,6 +25,21 @@ fn system_lookup() -> Lookup {
     Arc::new(|host| {
         Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
     })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("Error while downloading {src}: {reason}")]
+    Download { src: String, reason: String },
+    #[error("Cannot prepare the media downloads: {0}")]
+    Setup(String),
+}
+
+impl FetchError {
+    /// The JS-style name of the wire error.
+    pub fn name(&self) -> &'static str {
+        "Error"
+    }
 }
 
 /// Resolves names, but never to a link-local address (the metadata server), whatever the
@@ -72,11 +87,11 @@ pub fn loopback_literal(mut url: url::Url) -> url::Url {
 }
 
 impl Fetcher {
-    pub fn new(guard: PageGuard) -> Result<Fetcher, AudioError> {
+    pub fn new(guard: PageGuard) -> Result<Fetcher, FetchError> {
         Fetcher::with_lookup(guard, system_lookup())
     }
 
-    fn with_lookup(guard: PageGuard, lookup: Lookup) -> Result<Fetcher, AudioError> {
+    fn with_lookup(guard: PageGuard, lookup: Lookup) -> Result<Fetcher, FetchError> {
         let redirect_guard = guard.clone();
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { lookup }))
@@ -92,11 +107,11 @@ impl Fetcher {
                 }
             }))
             .build()
-            .map_err(|e| AudioError::Fetch(format!("cannot build an HTTP client: {e}")))?;
+            .map_err(|e| FetchError::Setup(format!("cannot build an HTTP client: {e}")))?;
         let dir = tempfile::Builder::new()
             .prefix("cloudrun-render-media-")
             .tempdir()
-            .map_err(|e| AudioError::Fetch(format!("cannot create a temporary directory: {e}")))?;
+            .map_err(|e| FetchError::Setup(format!("cannot create a temporary directory: {e}")))?;
         Ok(Fetcher {
             client,
             guard,
@@ -112,7 +127,7 @@ impl Fetcher {
 
     /// The local path of `src`, downloading it the first time it is asked for. Concurrent
     /// callers of the same source wait for one download.
-    pub async fn get(&self, src: &str) -> Result<PathBuf, AudioError> {
+    pub async fn get(&self, src: &str) -> Result<PathBuf, FetchError> {
         let slot = self
             .done
             .lock()
@@ -126,9 +141,12 @@ impl Fetcher {
         }
         let index = self.downloads.fetch_add(1, Ordering::Relaxed);
         let target = self.dir.path().join(format!("source-{index}"));
-        self.download(src, &target).await.map_err(|e| {
-            AudioError::Fetch(format!("Error while downloading {}: {e}", shorten(src)))
-        })?;
+        self.download(src, &target)
+            .await
+            .map_err(|reason| FetchError::Download {
+                src: shorten(src),
+                reason,
+            })?;
         *path = Some(target.clone());
         Ok(target)
     }
