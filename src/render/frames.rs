@@ -2,6 +2,11 @@
 
 use crate::options::FrameRange;
 
+/// The most frames one render may select. A payload (or a page) can claim any duration up to
+/// 2^53 frames; the frame list is held in memory, so an unbounded selection would end the
+/// instance instead of the request. Ten million frames is over 90 hours at 30 fps.
+pub const MAX_FRAMES: u64 = 10_000_000;
+
 /// The composition frames to capture, in output order.
 ///
 /// Within each range, frames whose offset from the range start is a multiple of
@@ -40,6 +45,14 @@ pub fn select_frames(
         }
     };
     let n = every_nth_frame.max(1) as u64;
+    let count = ranges
+        .iter()
+        .fold(0u64, |sum, &(a, b)| sum.saturating_add((b - a) / n + 1));
+    if count > MAX_FRAMES {
+        return Err(format!(
+            "The frame range and everyNthFrame select {count} frames; one render can render at most {MAX_FRAMES}"
+        ));
+    }
     let frames: Vec<u64> = ranges
         .iter()
         .flat_map(|&(a, b)| (a..=b).filter(move |f| (f - a) % n == 0))
@@ -53,6 +66,23 @@ pub fn select_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_selection_is_refused_before_it_is_built() {
+        let e = select_frames(&FrameRange::All, 1, 1 << 53).unwrap_err();
+        assert_eq!(
+            e,
+            "The frame range and everyNthFrame select 9007199254740992 frames; one render can render at most 10000000"
+        );
+        assert_eq!(
+            select_frames(&FrameRange::All, 2, 20_000_000)
+                .unwrap()
+                .len(),
+            10_000_000
+        );
+        let r = FrameRange::Ranges(vec![(0, Some(9_999_999)), (10_000_000, Some(10_000_000))]);
+        assert!(select_frames(&r, 1, 1 << 40).is_err());
+    }
 
     #[test]
     fn whole_composition() {
