@@ -36,6 +36,13 @@ impl PageGuard {
                 hosts.push(format!("{loopback}:{port}"));
             }
         }
+        // The fan-out URL is ourselves too (locally the front end, on Cloud Run the service).
+        if let Some(own) = std::env::var(crate::fanout::FANOUT_URL_ENV)
+            .ok()
+            .and_then(|u| host_and_port(&u))
+        {
+            hosts.push(own);
+        }
         if let Ok(extra) = std::env::var(BLOCKED_HOSTS_ENV) {
             hosts.extend(
                 extra
@@ -111,6 +118,16 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// `host:port` of an http(s) URL, the port spelled out.
+fn host_and_port(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}:{}",
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
+}
+
 /// URLPattern gives `[ ] : * ? + ( ) { } \\` meanings of their own; IPv6 hosts need them literal.
 fn escape_for_url_pattern(host: &str) -> String {
     let mut out = String::with_capacity(host.len());
@@ -146,6 +163,19 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("8080"))
         );
+    }
+
+    #[test]
+    fn the_fanout_url_becomes_a_host_and_port() {
+        assert_eq!(
+            host_and_port("http://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host_and_port("https://render-abc-uc.a.run.app/").as_deref(),
+            Some("render-abc-uc.a.run.app:443")
+        );
+        assert_eq!(host_and_port("not a url"), None);
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! converted to `options` types once, in [`wire`]; errors become the wire error shape only
 //! here.
 
+pub mod chunk;
 pub mod stream;
 pub mod webhook;
 pub mod wire;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +74,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/robots.txt", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(render_endpoint)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(chunk::router(&state))
 }
 
 /// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error
 /// line to its client, and returns within Cloud Run's grace period.
-pub async fn serve(addr: SocketAddr, state: Arc<AppState>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<AppState>) -> std::io::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
     let shutdown = state.shutdown.clone();
     let signalled = CancellationToken::new();

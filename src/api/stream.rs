@@ -23,12 +23,23 @@ pub fn progress_line(p: f64) -> Bytes {
 /// Feeds `out` until `done` yields the final message (already serialized, no newline).
 /// Returns early, dropping everything, when the client goes away.
 pub async fn pump(
-    mut progress: Option<watch::Receiver<RenderProgress>>,
+    progress: Option<watch::Receiver<RenderProgress>>,
     done: oneshot::Receiver<Bytes>,
     out: mpsc::Sender<Bytes>,
 ) {
+    pump_with(progress, done, out, |p| progress_line(p.fraction())).await
+}
+
+/// [`pump`] with another progress line (the chunk endpoint's); a line is sent only when it
+/// differs from the last one sent.
+pub async fn pump_with(
+    mut progress: Option<watch::Receiver<RenderProgress>>,
+    done: oneshot::Receiver<Bytes>,
+    out: mpsc::Sender<Bytes>,
+    line: impl Fn(&RenderProgress) -> Bytes,
+) {
     let mut last_sent_at: Option<Instant> = None;
-    let mut last_value: Option<f64> = None;
+    let mut last_line: Option<Bytes> = None;
     let mut done = std::pin::pin!(done);
     let send = async |bytes: Bytes, last_sent_at: &mut Option<Instant>| -> bool {
         if let Some(t) = *last_sent_at {
@@ -58,10 +69,12 @@ pub async fn pump(
                     progress = None;
                     continue;
                 }
-                let value = progress.as_ref().map(|rx| rx.borrow().fraction()).unwrap_or(0.0);
-                if last_value != Some(value) {
-                    last_value = Some(value);
-                    if !send(progress_line(value), &mut last_sent_at).await {
+                let Some(next) = progress.as_ref().map(|rx| line(&rx.borrow())) else {
+                    continue;
+                };
+                if last_line.as_ref() != Some(&next) {
+                    last_line = Some(next.clone());
+                    if !send(next, &mut last_sent_at).await {
                         return;
                     }
                 }
