@@ -890,3 +890,4 @@ pub fn assert_frames(path: &Path, expected: &[u64]) {
         assert_eq!(frames.frame_number(k), *want, "output frame {k}");
     }
 }
+pub mod cluster;
