@@ -31,6 +31,17 @@ pub mod names {
     pub const SHUTTING_DOWN: &str = "ServiceUnavailable";
 }
 
+/// Every object a chunked render writes beside its output ends in this, so that one bucket
+/// lifecycle rule (`deploy/lifecycle.json`: prefix `renders/`, this suffix, a day old) can
+/// delete what a crashed coordinator left; GCS rules match prefixes and suffixes only.
+pub const CHUNK_OBJECT_SUFFIX: &str = ".chunk";
+
+/// `renders/{renderId}/chunks/{index}.{attempt}.{what}.chunk`: the attempt is in the key, so
+/// a retry or a straggler's duplicate never overwrites another call's object.
+pub fn chunk_object_key(render_id: &str, index: usize, attempt: u32, what: &str) -> String {
+    format!("renders/{render_id}/chunks/{index:05}.{attempt}.{what}{CHUNK_OBJECT_SUFFIX}")
+}
+
 /// One chunk call. `J` is what the render stage needs beyond the frame span: the resolved
 /// composition, the props (or their object key when large) and the render options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,6 +295,14 @@ mod tests {
             WorkerMessage::<Value>::from_value(serde_json::json!({"hello": 1})),
             Err(DecodeError::Unknown(_))
         ));
+    }
+
+    #[test]
+    fn chunk_objects_live_under_the_render_and_carry_the_attempt() {
+        let a = chunk_object_key("abc", 3, 1, "video");
+        assert_eq!(a, "renders/abc/chunks/00003.1.video.chunk");
+        assert_ne!(a, chunk_object_key("abc", 3, 2, "video"));
+        assert!(a.starts_with("renders/") && a.ends_with(CHUNK_OBJECT_SUFFIX));
     }
 
     #[test]

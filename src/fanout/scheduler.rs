@@ -116,6 +116,7 @@ pub enum ScheduleError {
     #[error("chunk {} lost its worker {attempts} times; the last time: {last}", .span.index)]
     Lost {
         span: ChunkSpan,
+        /// How many of its attempts lost their worker (waits for capacity not counted).
         attempts: u32,
         last: String,
     },
@@ -237,20 +238,22 @@ pub async fn run_chunks<R: ChunkRunner>(
     }
 
     while states.iter().any(|s| !s.done) {
-        // When the next straggler would be due, if the median is known yet.
-        let straggler_at = if chunks.len() >= 2 && durations.len() * 2 >= chunks.len() {
-            let mut sorted = durations.clone();
-            sorted.sort();
-            let limit = (median(&sorted) * policy.straggler_factor).max(policy.straggler_min);
+        // How long an attempt may run before it counts as a straggler: known once at least
+        // half the chunks are done. When the first such attempt is due.
+        let straggler_after =
+            (chunks.len() >= 2 && durations.len() * 2 >= chunks.len()).then(|| {
+                let mut sorted = durations.clone();
+                sorted.sort();
+                (median(&sorted) * policy.straggler_factor).max(policy.straggler_min)
+            });
+        let straggler_at = straggler_after.and_then(|after| {
             states
                 .iter()
                 .filter(|s| !s.done && !s.duplicated)
                 .filter_map(|s| s.live.iter().map(|l| l.started).min())
-                .map(|started| started + limit)
+                .map(|started| started + after)
                 .min()
-        } else {
-            None
-        };
+        });
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(ScheduleError::Cancelled),
@@ -295,7 +298,7 @@ pub async fn run_chunks<R: ChunkRunner>(
                             continue;
                         }
                         if state.retries_used >= policy.retries {
-                            return Err(ScheduleError::Lost { span, attempts: state.next_attempt - 1, last: why });
+                            return Err(ScheduleError::Lost { span, attempts: state.retries_used + 1, last: why });
                         }
                         state.retries_used += 1;
                         retries += 1;
@@ -326,13 +329,11 @@ pub async fn run_chunks<R: ChunkRunner>(
             }
             _ = tokio::time::sleep_until(straggler_at.unwrap_or_else(Instant::now)), if straggler_at.is_some() => {
                 let now = Instant::now();
-                let mut sorted = durations.clone();
-                sorted.sort();
-                let due = (median(&sorted) * policy.straggler_factor).max(policy.straggler_min);
+                let after = straggler_after.expect("straggler_at comes from it");
                 for index in 0..states.len() {
                     let s = &states[index];
                     let oldest = s.live.iter().map(|l| l.started).min();
-                    if s.done || s.duplicated || oldest.is_none_or(|t| t + due > now) {
+                    if s.done || s.duplicated || oldest.is_none_or(|t| t + after > now) {
                         continue;
                     }
                     states[index].duplicated = true;
@@ -448,8 +449,13 @@ mod tests {
             calls
         }
 
+        /// The render's end. Bounded, so a scheduler waiting for a call nobody answers fails
+        /// the test (time is paused: the bound passes as soon as everything is idle).
         async fn outcome(&mut self) -> Result<Report<(usize, u32)>, ScheduleError> {
-            (&mut self.result).await.unwrap()
+            tokio::time::timeout(Duration::from_secs(24 * 3600), &mut self.result)
+                .await
+                .expect("the scheduler ended")
+                .unwrap()
         }
     }
 
@@ -660,6 +666,37 @@ mod tests {
             straggler.reply.is_closed(),
             "the slower attempt was dropped"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_losing_attempt_is_dropped_as_soon_as_its_chunk_is_won() {
+        let mut h = start(5, Policy::default());
+        let t0 = Instant::now();
+        let mut calls = h.first_calls(5).await;
+        let last = calls.pop().unwrap();
+        let mut straggler = calls.pop().unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        for c in calls {
+            ok(c);
+        }
+        // Both stragglers get duplicates at 20 s.
+        let mut duplicates = vec![h.call().await, h.call().await];
+        duplicates.sort_by_key(|c| c.span.index);
+        assert_eq!(Instant::now() - t0, Duration::from_secs(20));
+        let last_duplicate = duplicates.pop().unwrap();
+        ok(duplicates.pop().unwrap());
+        // Chunk 3 is won while chunk 4 still runs: its first attempt goes now, not at the end.
+        tokio::time::timeout(Duration::from_secs(3600), straggler.reply.closed())
+            .await
+            .expect("the losing attempt was dropped");
+        assert!(!last.reply.is_closed() && !last_duplicate.reply.is_closed());
+        ok(last);
+        let report = h.outcome().await.unwrap();
+        assert_eq!(
+            report.chunks.iter().map(|f| f.attempt).collect::<Vec<_>>(),
+            [1, 1, 1, 2, 1]
+        );
+        assert!(last_duplicate.reply.is_closed());
     }
 
     #[tokio::test(start_paused = true)]

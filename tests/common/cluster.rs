@@ -8,6 +8,7 @@ use std::io::BufRead;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -32,7 +33,12 @@ impl Default for HaproxyOptions {
 }
 
 /// `scripts/haproxy.cfg.in` with its placeholders filled in.
-pub fn haproxy_config(bind: &str, servers: &[SocketAddr], options: &HaproxyOptions) -> String {
+pub fn haproxy_config(
+    bind: &str,
+    stats_socket: &Path,
+    servers: &[SocketAddr],
+    options: &HaproxyOptions,
+) -> String {
     let template = std::fs::read_to_string(repo().join("scripts/haproxy.cfg.in")).unwrap();
     let servers: String = servers
         .iter()
@@ -41,6 +47,7 @@ pub fn haproxy_config(bind: &str, servers: &[SocketAddr], options: &HaproxyOptio
         .collect();
     template
         .replace("@BIND@", bind)
+        .replace("@STATS_SOCKET@", &stats_socket.display().to_string())
         .replace(
             "@QUEUE_TIMEOUT@",
             &format!("{}ms", options.queue_timeout.as_millis()),
@@ -68,9 +75,10 @@ impl FrontEnd {
         let dir = tempfile::tempdir().unwrap();
         let fd = self.listener.as_raw_fd();
         let config = dir.path().join("haproxy.cfg");
+        let stats = dir.path().join("stats.sock");
         std::fs::write(
             &config,
-            haproxy_config(&format!("fd@{fd}"), servers, options),
+            haproxy_config(&format!("fd@{fd}"), &stats, servers, options),
         )
         .unwrap();
         let mut cmd = Command::new("haproxy");
@@ -96,6 +104,7 @@ impl FrontEnd {
         let haproxy = Haproxy {
             child,
             url: self.url,
+            stats,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -122,7 +131,57 @@ impl FrontEnd {
 pub struct Haproxy {
     child: Child,
     pub url: String,
+    stats: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// One row of HAProxy's `show stat`.
+#[derive(Debug, Clone)]
+pub struct ProxyStat {
+    /// `BACKEND`, `FRONTEND` or a server's name (`i0`, `i1`, …).
+    pub name: String,
+    /// Requests waiting in the queue.
+    pub queued: u64,
+    /// Sessions open now, and since the start.
+    pub current: u64,
+    pub total: u64,
+}
+
+impl Haproxy {
+    /// The `instances` backend and its servers, from the stats socket.
+    pub fn stats(&self) -> Vec<ProxyStat> {
+        use std::io::{Read, Write};
+        let mut socket =
+            std::os::unix::net::UnixStream::connect(&self.stats).expect("HAProxy's stats socket");
+        socket.write_all(b"show stat\n").unwrap();
+        let mut text = String::new();
+        socket.read_to_string(&mut text).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .expect("a header")
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (px, sv, qcur, scur, stot) = (
+            column("pxname"),
+            column("svname"),
+            column("qcur"),
+            column("scur"),
+            column("stot"),
+        );
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > stot && f[px] == "instances")
+            .map(|f| ProxyStat {
+                name: f[sv].to_string(),
+                queued: f[qcur].parse().unwrap_or(0),
+                current: f[scur].parse().unwrap_or(0),
+                total: f[stot].parse().unwrap_or(0),
+            })
+            .collect()
+    }
 }
 
 impl Drop for Haproxy {
