@@ -264,10 +264,6 @@ impl Instance {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// SIGKILL, as when Cloud Run loses an instance.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
