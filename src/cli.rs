@@ -392,10 +392,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let storage = Storage::from_env().await?;
-    // Bound first: with --port 0 the guard must know the port the system picked.
+    // Bound first, so that with port 0 the guard still keeps pages off our real port.
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.host, args.port)).await?;
     let port = listener.local_addr()?.port();
+    let storage = Storage::from_env().await?;
+    if let Some(fanout) = crate::fanout::FanoutConfig::from_env()? {
+        tracing::info!(url = %fanout.url, max_chunks = fanout.max_chunks, "fan-out URL configured");
+    }
     let renderer = Arc::new(Renderer::start(PageGuard::new(Some(port))).await?);
     let state = Arc::new(AppState::new(renderer.clone(), Arc::new(storage)));
     let result = api::serve(listener, state).await;

@@ -17,6 +17,8 @@ const METADATA_HOSTS: &[&str] = &[
 
 /// Extra hosts (`host` or `host:port`) an operator wants blocked, comma-separated.
 pub const BLOCKED_HOSTS_ENV: &str = "CLOUDRUN_RENDER_BLOCKED_HOSTS";
+/// The service's own URL for fan-out (`fanout`): it is ourselves, so pages must not reach it.
+pub const FANOUT_URL_ENV: &str = "CLOUDRUN_RENDER_FANOUT_URL";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PageGuard {
@@ -35,6 +37,13 @@ impl PageGuard {
             for loopback in ["127.0.0.1", "localhost", "[::1]", "0.0.0.0"] {
                 hosts.push(format!("{loopback}:{port}"));
             }
+        }
+        // The fan-out URL is ourselves too (locally the front end, on Cloud Run the service).
+        if let Some(own) = std::env::var(FANOUT_URL_ENV)
+            .ok()
+            .and_then(|u| host_and_port(&u))
+        {
+            hosts.push(own);
         }
         if let Ok(extra) = std::env::var(BLOCKED_HOSTS_ENV) {
             hosts.extend(
@@ -111,6 +120,16 @@ pub fn is_forbidden_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// `host:port` of an http(s) URL, the port spelled out.
+fn host_and_port(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    Some(format!(
+        "{}:{}",
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
+}
+
 /// URLPattern gives `[ ] : * ? + ( ) { } \\` meanings of their own; IPv6 hosts need them literal.
 fn escape_for_url_pattern(host: &str) -> String {
     let mut out = String::with_capacity(host.len());
@@ -146,6 +165,19 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("8080"))
         );
+    }
+
+    #[test]
+    fn the_fanout_url_becomes_a_host_and_port() {
+        assert_eq!(
+            host_and_port("http://127.0.0.1:8080").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host_and_port("https://render-abc-uc.a.run.app/").as_deref(),
+            Some("render-abc-uc.a.run.app:443")
+        );
+        assert_eq!(host_and_port("not a url"), None);
     }
 
     #[test]

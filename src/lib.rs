@@ -9,6 +9,7 @@ pub mod bench;
 pub mod browser;
 pub mod cli;
 pub mod encode;
+pub mod fanout;
 pub mod fetch;
 pub mod guard;
 pub mod libav;

@@ -4,6 +4,7 @@
 //! converted to `options` types once, in [`wire`]; errors become the wire error shape only
 //! here.
 
+pub mod chunk;
 pub mod client;
 pub mod id_token;
 pub mod stream;
@@ -80,7 +81,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/robots.txt", get(|| async { StatusCode::NOT_FOUND }))
         .fallback(render_endpoint)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(chunk::router(&state))
 }
 
 /// Serves until SIGTERM (or Ctrl-C); then stops accepting, stops every render with an error

@@ -35,11 +35,22 @@ pub async fn pump(
     done: oneshot::Receiver<Bytes>,
     out: mpsc::Sender<Bytes>,
 ) {
+    pump_with(progress, done, out, |p| progress_line(p.fraction())).await
+}
+
+/// [`pump`] with another progress line (the chunk endpoint's): a line goes out only when it
+/// differs from the last one sent.
+pub async fn pump_with(
+    progress: Option<watch::Receiver<RenderProgress>>,
+    done: oneshot::Receiver<Bytes>,
+    out: mpsc::Sender<Bytes>,
+    line: impl Fn(&RenderProgress) -> Bytes,
+) {
     let mut writer = Writer {
         out,
         taken_at: None,
     };
-    let mut last_value: Option<f64> = None;
+    let mut last_line: Option<Bytes> = None;
     let mut done = std::pin::pin!(done);
     let mut progress = progress;
     // Whether the render may still publish; its last value stays readable after that.
@@ -58,9 +69,10 @@ pub async fn pump(
                 // upload): that line still goes first.
                 if let Some(rx) = &progress {
                     let p = *rx.borrow();
-                    if p.total > 0 && last_value != Some(p.fraction()) {
+                    let last = line(&p);
+                    if p.total > 0 && last_line.as_ref() != Some(&last) {
                         writer.wait_for_gap().await;
-                        if !writer.send(progress_line(p.fraction())).await {
+                        if !writer.send(last).await {
                             return;
                         }
                     }
@@ -78,13 +90,12 @@ pub async fn pump(
                 }
                 writer.wait_for_gap().await;
                 // The newest value once the gap has passed, not the one that woke us.
-                let value = progress
-                    .as_mut()
-                    .map(|rx| rx.borrow_and_update().fraction())
-                    .unwrap_or(0.0);
-                if last_value != Some(value) {
-                    last_value = Some(value);
-                    if !writer.send(progress_line(value)).await {
+                let Some(next) = progress.as_mut().map(|rx| line(&rx.borrow_and_update())) else {
+                    continue;
+                };
+                if last_line.as_ref() != Some(&next) {
+                    last_line = Some(next.clone());
+                    if !writer.send(next).await {
                         return;
                     }
                 }

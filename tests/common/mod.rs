@@ -7,6 +7,7 @@
 
 pub mod chunks;
 pub mod client;
+pub mod cluster;
 pub mod crash;
 pub mod emulators;
 pub mod faults;
