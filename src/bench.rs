@@ -3,10 +3,14 @@
 //! C (capture only), E (encode only), their bound B = 1/(1/C + 1/E), the real render R, a
 //! sequential baseline S, peak memory of us plus Chromium, and warm still latency; with
 //! `--mode chunks`, what rendering in chunks costs: the CPU of a render in N chunks over
-//! the same render in one piece, and the join per minute of video. Never part of the test
-//! suite: it prints numbers, it asserts nothing.
+//! the same render in one piece, and the join per minute of video. The real render runs
+//! side by side with an open-source peer (timecut, see [`peer`]), alternating, when it is
+//! installed (`--mode peer` runs only that). Never part of the test suite: it prints
+//! numbers, it asserts nothing.
 
-use std::collections::BTreeMap;
+mod peer;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +25,7 @@ use crate::options::{
     Concurrency, FrameRange, MediaOptions, SiteOptions, StillImageFormat, StillOptions,
     VideoImageFormat, X264Preset,
 };
-use crate::render::{self, ChunkFile, MediaPlan, Renderer};
+use crate::render::{self, ChunkFile, MediaPlan, Renderer, ResolvedComposition};
 use crate::site::Access;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,12 +51,28 @@ pub struct BenchArgs {
     /// Chunks for `--mode chunks`.
     #[arg(long, default_value_t = 4)]
     pub chunks: u64,
+    /// Real renders of ours, and of each peer variant, alternating.
+    #[arg(long, default_value_t = 2)]
+    pub runs: usize,
+    /// timecut's `cli.js` (`scripts/bench-peer-setup` installs it there).
+    #[arg(long, default_value = ".bench/node_modules/timecut/cli.js")]
+    pub peer: PathBuf,
+    /// How the peer runs, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "piped,threads2"
+    )]
+    pub peer_variants: Vec<peer::Variant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchMode {
     All,
     Chunks,
+    /// Only our real render and the peer's, alternating.
+    Peer,
 }
 
 /// Peak RSS and PSS of our process tree (us, Chromium and its children), sampled every 100 ms.
@@ -285,11 +305,21 @@ fn machine() -> Vec<(String, String)> {
     ]
 }
 
+/// The machine, as the end of every report.
+fn machine_table() -> String {
+    let mut out = String::from("\nMachine:\n\n| | |\n|---|---|\n");
+    for (k, v) in machine() {
+        out.push_str(&format!("| {k} | {v} |\n"));
+    }
+    out
+}
+
 /// The markers around each mode's generated part of BENCHMARKS.md.
 fn markers(mode: BenchMode) -> (&'static str, &'static str) {
     match mode {
         BenchMode::All => ("<!-- bench:start -->", "<!-- bench:end -->"),
         BenchMode::Chunks => ("<!-- bench-chunks:start -->", "<!-- bench-chunks:end -->"),
+        BenchMode::Peer => ("<!-- bench-peer:start -->", "<!-- bench-peer:end -->"),
     }
 }
 
@@ -317,11 +347,456 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// A moment of a run: when, and the CPU seconds our process tree had used by then.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Instant,
+    cpu: f64,
+}
+
+impl Mark {
+    fn now() -> Mark {
+        Mark {
+            at: Instant::now(),
+            cpu: tree_cpu_seconds(),
+        }
+    }
+
+    /// (seconds, CPU seconds) from `self` to `later`.
+    fn until(self, later: Mark) -> Span {
+        Span {
+            seconds: (later.at - self.at).as_secs_f64(),
+            cpu: later.cpu - self.cpu,
+        }
+    }
+}
+
+/// Wall and CPU time of a part of a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    seconds: f64,
+    cpu: f64,
+}
+
+impl Span {
+    /// CPU seconds over what the CPUs could have given in that time.
+    fn utilisation(self, cpus: usize) -> f64 {
+        self.cpu / (self.seconds * cpus as f64).max(1e-9)
+    }
+}
+
+/// One real render, ours or the peer's.
+#[derive(Debug, Clone)]
+struct RunStats {
+    whole: Span,
+    /// Ours only: from stage 2's start to the last frame captured, and from there to the end
+    /// (the encoder's tail, and for outputs with audio the mix and mux).
+    capture: Option<Span>,
+    tail: Option<Span>,
+    peak_rss: u64,
+    peak_pss: u64,
+    load: String,
+    bytes: u64,
+}
+
+impl RunStats {
+    fn fps(&self, frames: u64) -> f64 {
+        frames as f64 / self.whole.seconds
+    }
+}
+
+/// Our real render of `media` into `output`, with its phases.
+async fn our_render(
+    renderer: &Renderer,
+    site: &SiteOptions,
+    media: &MediaOptions,
+    output: &Path,
+) -> anyhow::Result<RunStats> {
+    let load = load_average();
+    eprintln!("  cloudrun-render (load average {load})…");
+    let sampler = MemorySampler::start();
+    let (tx, mut rx) = render::progress::channel();
+    let watcher = tokio::spawn(async move {
+        let (mut started, mut captured) = (None, None);
+        while rx.changed().await.is_ok() {
+            let p = *rx.borrow_and_update();
+            if p.total == 0 {
+                continue;
+            }
+            if started.is_none() {
+                started = Some(Mark::now());
+            }
+            if captured.is_none() && p.rendered >= p.total {
+                captured = Some(Mark::now());
+            }
+        }
+        (started, captured)
+    });
+    let begin = Mark::now();
+    renderer
+        .render_media(
+            site,
+            media,
+            Access::RemoteOrLocal,
+            output,
+            &tx,
+            &CancellationToken::new(),
+        )
+        .await?;
+    let end = Mark::now();
+    drop(tx);
+    let (started, captured) = watcher.await?;
+    let (peak_rss, peak_pss) = sampler.finish();
+    Ok(RunStats {
+        whole: begin.until(end),
+        capture: started.zip(captured).map(|(s, c)| s.until(c)),
+        tail: captured.map(|c| c.until(end)),
+        peak_rss,
+        peak_pss,
+        load,
+        bytes: std::fs::metadata(output)?.len(),
+    })
+}
+
+/// Our direct children, as `/proc` lists them.
+fn children() -> BTreeSet<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().nth(1))
+                        .and_then(|p| p.parse::<u32>().ok())
+                })
+                == Some(me)
+        })
+        .collect()
+}
+
+/// Makes orphaned descendants ours (`PR_SET_CHILD_SUBREAPER`): the peer's Chromium leaves
+/// its renderer and GPU processes behind when puppeteer closes it, and their CPU time would
+/// otherwise be lost to init.
+fn adopt_orphans() {
+    // SAFETY: a flag of the calling process; no memory is passed.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Waits (up to 5 s) for the children that appeared since `before` (the peer's orphans) to
+/// exit and reaps them, so their CPU time is in ours.
+fn reap_orphans(before: &BTreeSet<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let orphans: Vec<u32> = children().difference(before).copied().collect();
+        if orphans.is_empty() || Instant::now() > deadline {
+            return;
+        }
+        for pid in orphans {
+            // SAFETY: reaps a child of ours that already exited (WNOHANG: never blocks).
+            unsafe {
+                libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The peer's render, the whole `node` process tree from start to exit.
+fn peer_render(
+    job: &peer::PeerJob,
+    variant: peer::Variant,
+    output: &Path,
+) -> anyhow::Result<RunStats> {
+    let load = load_average();
+    eprintln!("  {} (load average {load})…", variant.label());
+    let sampler = MemorySampler::start();
+    let before = children();
+    let begin = Mark::now();
+    let result = tokio::task::block_in_place(|| {
+        let result = peer::run(job, variant, output);
+        let exited = Instant::now();
+        reap_orphans(&before);
+        (result, exited)
+    });
+    let (result, exited) = result;
+    // Every process of the peer was reaped: their CPU is in our children's time now.
+    let end = Mark {
+        at: exited,
+        ..Mark::now()
+    };
+    let (peak_rss, peak_pss) = sampler.finish();
+    result?;
+    Ok(RunStats {
+        whole: begin.until(end),
+        capture: None,
+        tail: None,
+        peak_rss,
+        peak_pss,
+        load,
+        bytes: std::fs::metadata(output)?.len(),
+    })
+}
+
+/// Our real render and the peer's variants, alternating, `--runs` times each, and a few
+/// frames of both outputs compared.
+struct SideBySide {
+    frames: u64,
+    ours: Vec<RunStats>,
+    peers: Vec<(peer::Variant, Vec<RunStats>)>,
+    /// Why the peer did not run, if it did not.
+    peer_missing: Option<String>,
+    frames_compared: Vec<peer::FramePair>,
+}
+
+async fn side_by_side(
+    renderer: &Renderer,
+    args: &BenchArgs,
+    site: &SiteOptions,
+    media: &MediaOptions,
+    composition: &ResolvedComposition,
+    frames: u64,
+    work: &Path,
+) -> anyhow::Result<SideBySide> {
+    let browser = crate::browser::Executable::find()?.path;
+    let found = peer::find(&args.peer).and_then(|cli| {
+        peer::clock_url(&args.site, &args.composition)
+            .map(|url| (cli, url))
+            .ok_or_else(|| format!("{} is not a local bundle with a clock mode", args.site))
+    });
+    let (peer_job, peer_missing) = match found {
+        Ok((cli, url)) => (
+            Some(peer::PeerJob {
+                cli,
+                url,
+                width: composition.width,
+                height: composition.height,
+                fps: composition.fps,
+                frames,
+                crf: media.crf.unwrap_or(18.0),
+                jpeg_quality: media.jpeg_quality,
+                browser,
+            }),
+            None,
+        ),
+        Err(why) => {
+            eprintln!("peer skipped: {why}");
+            (None, Some(why))
+        }
+    };
+    let variants: Vec<peer::Variant> = match &peer_job {
+        Some(_) => args.peer_variants.clone(),
+        None => Vec::new(),
+    };
+    let mut ours = Vec::new();
+    let mut peers: Vec<(peer::Variant, Vec<RunStats>)> =
+        variants.iter().map(|v| (*v, Vec::new())).collect();
+    let our_output = work.join("ours.mp4");
+    for run in 0..args.runs.max(1) {
+        eprintln!("side by side, run {} of {}:", run + 1, args.runs.max(1));
+        ours.push(our_render(renderer, site, media, &our_output).await?);
+        if let Some(job) = &peer_job {
+            for (variant, stats) in &mut peers {
+                let output = work.join(format!("peer-{variant:?}.mp4"));
+                stats.push(peer_render(job, *variant, &output)?);
+            }
+        }
+    }
+    let mut frames_compared = Vec::new();
+    if let Some((variant, _)) = peers.first() {
+        let indices = [0, frames / 2, frames.saturating_sub(1)];
+        let peer_output = work.join(format!("peer-{variant:?}.mp4"));
+        frames_compared = tokio::task::block_in_place(|| {
+            peer::compare(
+                &our_output,
+                &peer_output,
+                &indices,
+                composition.width,
+                composition.height,
+            )
+        })?;
+    }
+    Ok(SideBySide {
+        frames,
+        ours,
+        peers,
+        peer_missing,
+        frames_compared,
+    })
+}
+
+/// `median (run, run, …)` of a measure over runs.
+fn runs_of(stats: &[RunStats], f: impl Fn(&RunStats) -> f64, digits: usize) -> String {
+    let values: Vec<f64> = stats.iter().map(&f).collect();
+    let each = values
+        .iter()
+        .map(|v| format!("{v:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("{:.digits$} ({each})", median(values.clone()))
+}
+
+impl SideBySide {
+    fn our_fps(&self) -> f64 {
+        median(self.ours.iter().map(|r| r.fps(self.frames)).collect())
+    }
+
+    /// The markdown section: one row per renderer, then the ratio and the frame comparison.
+    fn report(&self, cpus: usize) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "Side by side: {} real renders of each, alternating (ours, then each peer variant, again), median (each run); the same frames, size, JPEG quality and x264 settings (h264 crf 18 preset medium yuv420p, faststart), the same Chromium binary. CPU utilisation = CPU seconds of the process tree / (wall × {cpus} CPUs). Load average before each run: {}.\n\n",
+            self.ours.len(),
+            self.ours
+                .iter()
+                .map(|r| r.load.clone())
+                .chain(self.peers.iter().flat_map(|(_, s)| s.iter().map(|r| r.load.clone())))
+                .collect::<Vec<_>>()
+                .join(" · ")
+        ));
+        out.push_str("| renderer | fps | CPU ms per frame | CPU utilisation | peak RSS (MiB) | output (MiB) |\n|---|---|---|---|---|---|\n");
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let frames = self.frames;
+        let util = |span: fn(&RunStats) -> Option<Span>| {
+            move |r: &RunStats| span(r).map(|s| s.utilisation(cpus) * 100.0).unwrap_or(0.0)
+        };
+        out.push_str(&format!(
+            "| cloudrun-render | {} | {} | {} % (capture {} %, tail {} %) | {} | {:.1} |\n",
+            runs_of(&self.ours, |r| r.fps(frames), 2),
+            runs_of(&self.ours, |r| r.whole.cpu * 1000.0 / frames as f64, 0),
+            runs_of(&self.ours, util(|r| Some(r.whole)), 0),
+            runs_of(&self.ours, util(|r| r.capture), 0),
+            runs_of(&self.ours, util(|r| r.tail), 0),
+            runs_of(&self.ours, |r| mib(r.peak_rss), 0),
+            mib(self.ours.last().map(|r| r.bytes).unwrap_or(0)),
+        ));
+        for (variant, stats) in &self.peers {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} % | {} | {:.1} |\n",
+                variant.label(),
+                runs_of(stats, |r| r.fps(frames), 2),
+                runs_of(stats, |r| r.whole.cpu * 1000.0 / frames as f64, 0),
+                runs_of(stats, util(|r| Some(r.whole)), 0),
+                runs_of(stats, |r| mib(r.peak_rss), 0),
+                mib(stats.last().map(|r| r.bytes).unwrap_or(0)),
+            ));
+        }
+        if let Some(tail) = self
+            .ours
+            .iter()
+            .filter_map(|r| r.tail)
+            .map(|t| t.seconds)
+            .reduce(f64::max)
+        {
+            let capture: Vec<f64> = self
+                .ours
+                .iter()
+                .filter_map(|r| r.capture)
+                .map(|c| c.seconds)
+                .collect();
+            if !capture.is_empty() {
+                out.push_str(&format!(
+                    "\nOurs: capture phase {:.1} s, then the encoder's tail (up to) {tail:.1} s.\n",
+                    median(capture)
+                ));
+            }
+        }
+        let best_peer = self
+            .peers
+            .iter()
+            .map(|(v, s)| (*v, median(s.iter().map(|r| r.fps(frames)).collect())))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match (best_peer, &self.peer_missing) {
+            (Some((variant, fps)), _) => out.push_str(&format!(
+                "\n**cloudrun-render / best peer ({}) = {:.2} / {:.2} = {:.2}×** (target ≥ 1.6×)\n",
+                variant.label(),
+                self.our_fps(),
+                fps,
+                self.our_fps() / fps
+            )),
+            (None, Some(why)) => out.push_str(&format!("\nThe peer did not run: {why}.\n")),
+            (None, None) => {}
+        }
+        if !self.frames_compared.is_empty() {
+            out.push_str("\nFrames of both outputs (the first peer variant's), decoded and compared:\n\n| frame | strip (ours / peer) | PSNR | samples off by > 16 | same picture |\n|---|---|---|---|---|\n");
+            for p in &self.frames_compared {
+                out.push_str(&format!(
+                    "| {} | {} / {} | {:.1} dB | {:.4} % | {} |\n",
+                    p.index,
+                    p.ours_strip,
+                    p.peer_strip,
+                    p.psnr_db,
+                    p.far_off * 100.0,
+                    if p.equal() { "yes" } else { "**no**" }
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// `--mode peer`: only the side-by-side renders.
+async fn measure_peer(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String> {
+    let site = SiteOptions::new(args.site.clone());
+    let media = bench_media(args);
+    let work = tempfile::tempdir()?;
+    let cancel = CancellationToken::new();
+    let session = renderer.open(&site, Access::RemoteOrLocal).await?;
+    let composition = session
+        .resolve(&media.composition_id, &media.overrides, &cancel)
+        .await?;
+    drop(session);
+    let plan = MediaPlan::new(&media, composition.clone(), renderer.cpus())?;
+    let cpus = renderer.cpus();
+    let sbs = side_by_side(
+        renderer,
+        args,
+        &site,
+        &media,
+        &composition,
+        plan.total(),
+        work.path(),
+    )
+    .await?;
+    let mut out = format!(
+        "`cloudrun-render bench --mode peer`: composition `{}` of `{}`, {}x{}, {} frames at {} fps, {} tab(s) on {cpus} CPUs.\n\n",
+        args.composition,
+        args.site,
+        composition.width,
+        composition.height,
+        plan.total(),
+        composition.fps,
+        plan.tabs,
+    );
+    if let Ok(flags) = std::env::var(crate::browser::launch::EXTRA_FLAGS_ENV) {
+        out.push_str(&format!("Extra Chromium flags (ours): `{flags}`.\n\n"));
+    }
+    out.push_str(&sbs.report(cpus));
+    out.push_str(&machine_table());
+    Ok(out)
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    adopt_orphans();
     let renderer = Renderer::start(PageGuard::new(None)).await?;
     let result = match args.mode {
         BenchMode::All => measure(&renderer, &args).await,
         BenchMode::Chunks => measure_chunks(&renderer, &args).await,
+        BenchMode::Peer => measure_peer(&renderer, &args).await,
     };
     renderer.shutdown().await;
     let report = result?;
@@ -467,10 +942,7 @@ async fn measure_chunks(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result
     for (k, v) in rows {
         out.push_str(&format!("| {k} | {v} |\n"));
     }
-    out.push_str("\nMachine:\n\n| | |\n|---|---|\n");
-    for (k, v) in machine() {
-        out.push_str(&format!("| {k} | {v} |\n"));
-    }
+    out.push_str(&machine_table());
     Ok(out)
 }
 
@@ -485,7 +957,8 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
         .resolve(cpus)
         .map_err(anyhow::Error::msg)?;
 
-    eprintln!("C: capturing with {tabs} tab(s)…");
+    let load_at_start = load_average();
+    eprintln!("C: capturing with {tabs} tab(s) (load average {load_at_start})…");
     let started = Instant::now();
     let cpu_before = tree_cpu_seconds();
     let (composition, images) = renderer.capture_only(&site, &media, access).await?;
@@ -505,26 +978,22 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
             .await??;
     let e_cpu = tree_cpu_seconds() - cpu_before;
 
-    eprintln!("R: a real render…");
-    let sampler = MemorySampler::start();
-    let r_path = work.path().join("render.mp4");
-    let (tx, _rx) = render::progress::channel();
-    let started = Instant::now();
-    let cpu_before = tree_cpu_seconds();
-    renderer
-        .render_media(
-            &site,
-            &media,
-            access,
-            &r_path,
-            &tx,
-            &CancellationToken::new(),
-        )
-        .await?;
-    let r_seconds = started.elapsed().as_secs_f64();
-    let r_cpu = tree_cpu_seconds() - cpu_before;
-    let (peak_rss, peak_pss) = sampler.finish();
-    let r_size = std::fs::metadata(&r_path)?.len();
+    eprintln!("R: real renders, side by side with the peer…");
+    let sbs = side_by_side(
+        renderer,
+        args,
+        &site,
+        &media,
+        &composition,
+        images.len() as u64,
+        work.path(),
+    )
+    .await?;
+    let r_seconds = median(sbs.ours.iter().map(|r| r.whole.seconds).collect());
+    let r_cpu = median(sbs.ours.iter().map(|r| r.whole.cpu).collect());
+    let peak_rss = sbs.ours.iter().map(|r| r.peak_rss).max().unwrap_or(0);
+    let peak_pss = sbs.ours.iter().map(|r| r.peak_pss).max().unwrap_or(0);
+    let r_size = sbs.ours.last().map(|r| r.bytes).unwrap_or(0);
 
     eprintln!("S: the sequential baseline (one tab, then encode)…");
     let mut one_tab = media.clone();
@@ -568,13 +1037,14 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
     let mib = |b: u64| b as f64 / 1024.0 / 1024.0;
     let mut out = String::new();
     out.push_str(&format!(
-        "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, {tabs} tab(s) on {cpus} CPUs{}. One run; expect about ±10–20 % between runs on a shared machine.\n\n",
+        "`cloudrun-render bench`: composition `{}` of `{}`, {w}x{h}, {} frames at {} fps, h264 crf 18 preset medium, JPEG q{} frames, {tabs} tab(s) on {cpus} CPUs{}. C, E, S and the stills: one run each; R: the median of the side-by-side runs below. Load average at the start: {}.\n\n",
         args.composition,
         args.site,
         images.len(),
         composition.fps,
         media.jpeg_quality,
         if args.concurrency.is_none() { " (the default concurrency)" } else { "" },
+        load_at_start,
     ));
     if let Ok(flags) = std::env::var(crate::browser::launch::EXTRA_FLAGS_ENV) {
         out.push_str(&format!("Extra Chromium flags: `{flags}`.\n\n"));
@@ -607,8 +1077,12 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
             ),
         ),
         (
-            "R: real render (CLI path)",
-            format!("{r:.2} fps ({r_seconds:.1} s, {:.1} MiB)", mib(r_size)),
+            "R: real render (CLI path), median of the side-by-side runs",
+            format!(
+                "{r:.2} fps ({r_seconds:.1} s, {:.1} MiB; CPU utilisation {:.0} %)",
+                mib(r_size),
+                r_cpu / (r_seconds * cpus as f64) * 100.0
+            ),
         ),
         ("R / B", format!("{:.2}", r / b)),
         (
@@ -633,10 +1107,9 @@ async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<String
             "| still {format} {w}x{h}: first / warm (median of 5) | {first:.0} ms / {warm:.0} ms |\n"
         ));
     }
-    out.push_str("\nMachine:\n\n| | |\n|---|---|\n");
-    for (k, v) in machine() {
-        out.push_str(&format!("| {k} | {v} |\n"));
-    }
+    out.push('\n');
+    out.push_str(&sbs.report(cpus));
+    out.push_str(&machine_table());
     Ok(out)
 }
 

@@ -374,3 +374,32 @@ fn a_static_file_of_a_local_bundle_is_fetched_without_resolving_localhost() {
     );
     assert_tone440_then_tone880_added(&stereo_pcm(&out));
 }
+
+#[test]
+fn a_track_that_cannot_be_fetched_fails_the_render_and_leaves_nothing() {
+    // The mix runs beside the encoder's tail, once the frames are captured: its failure is
+    // still the render's error, and neither the output nor the chunk directory beside it
+    // stays behind.
+    let mut s = site();
+    s.serialized_input_props = r#"{"src": "public/missing.wav"}"#.into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.mp4");
+    let (tx, _rx) = cloudrun_render::render::progress::channel();
+    let e = common::runtime()
+        .block_on(common::renderer().render_media(
+            &s,
+            &media("Audio"),
+            cloudrun_render::site::Access::RemoteOnly,
+            &path,
+            &tx,
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect_err("the track's source is missing");
+    let message = e.to_string();
+    assert!(
+        message.contains("Error while downloading") && message.contains("missing.wav"),
+        "{message}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

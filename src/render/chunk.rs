@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::order::{self, Counters, OrderError, OrderedFrame, ToEncoder};
@@ -110,7 +110,11 @@ impl Session {
         (task, rx, stop)
     }
 
-    /// Stage 2: captures `range` of `plan` and encodes it into `video`.
+    /// Stage 2: captures `range` of `plan` and encodes it into `video`. `captured`, if given,
+    /// gets the range's asset records as soon as the last frame was captured, while the
+    /// encoder is still flushing (x264's lookahead: seconds at 1080p), so that the caller
+    /// can mix the audio meanwhile.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn frames_to_video(
         &self,
         plan: &MediaPlan,
@@ -119,6 +123,7 @@ impl Session {
         progress: &super::ProgressSender,
         cancel: &CancellationToken,
         started: Instant,
+        captured: Option<oneshot::Sender<Vec<AssetRecord>>>,
     ) -> Result<ChunkOutcome, RenderError> {
         if range.first > range.last || range.last >= plan.total() {
             return Err(RenderError::Invalid(format!(
@@ -156,15 +161,19 @@ impl Session {
             }
             _ => (None, None),
         };
-        let (capture, captured, stop) = self.start_capture(job, cancel);
+        let (capture, frames, stop) = self.start_capture(job, cancel);
         let counters = Counters {
             progress,
             encoded: &encoded,
             decoding: decoding.clone(),
         };
-        let ordered = order::order_and_decode(captured, to_encoder, total, counters, &stop).await;
-        if ordered.is_err() {
-            stop.cancel();
+        let ordered = order::order_and_decode(frames, to_encoder, total, counters, &stop).await;
+        match (&ordered, captured) {
+            (Err(_), _) => stop.cancel(),
+            (Ok(assets), Some(tx)) => {
+                let _ = tx.send(assets.clone());
+            }
+            (Ok(_), None) => {}
         }
         let captured = capture.await.unwrap_or_else(|e| {
             Err(BrowserError::Protocol {

@@ -28,6 +28,36 @@ pub async fn join(
     output: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), RenderError> {
+    check_chunks(plan, chunks, output)?;
+    let mixing = Instant::now();
+    let mix = mix(plan, assets, media_files, cancel).await?;
+    mux_mixed(plan, chunks, mix, mixing.elapsed(), output).await
+}
+
+/// Stage 4 with a mix made beforehand (`mix_took` to make, for the log): what [`join`]
+/// does once it has mixed, and what a render that mixed while its last chunk's encoder was
+/// flushing calls. On error nothing is left at `output`.
+pub async fn mux_mixed(
+    plan: &MediaPlan,
+    chunks: &[ChunkFile],
+    mix: Option<Pcm>,
+    mix_took: Duration,
+    output: &Path,
+) -> Result<(), RenderError> {
+    check_chunks(plan, chunks, output)?;
+    let muxing = Instant::now();
+    mux(plan, chunks.to_vec(), mix, output).await?;
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round();
+    tracing::info!(
+        chunks = chunks.len(),
+        mix_ms = ms(mix_took),
+        mux_ms = ms(muxing.elapsed()),
+        "join timings"
+    );
+    Ok(())
+}
+
+fn check_chunks(plan: &MediaPlan, chunks: &[ChunkFile], output: &Path) -> Result<(), RenderError> {
     plan.check_output_name(output)?;
     let frames: u64 = chunks.iter().map(|c| c.frames).sum();
     if plan.video.is_some() && frames != plan.total() {
@@ -36,17 +66,6 @@ pub async fn join(
             plan.total()
         )));
     }
-    let mixing = Instant::now();
-    let mix = mix(plan, assets, media_files, cancel).await?;
-    let mixed = Instant::now();
-    mux(plan, chunks.to_vec(), mix, output).await?;
-    let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round();
-    tracing::info!(
-        chunks = chunks.len(),
-        mix_ms = ms(mixed - mixing),
-        mux_ms = ms(mixed.elapsed()),
-        "join timings"
-    );
     Ok(())
 }
 

@@ -338,7 +338,7 @@ impl Renderer {
             // Nothing to add afterwards: the encoder writes the output itself.
             let video = chunk::VideoFile::Output(output.to_path_buf());
             let rendered = session
-                .frames_to_video(&plan, ranges[0], video, progress, cancel, started)
+                .frames_to_video(&plan, ranges[0], video, progress, cancel, started, None)
                 .await?;
             output_guard.1 = true;
             return Ok(outcome(rendered.frames, rendered.assets, plan));
@@ -354,6 +354,7 @@ impl Renderer {
             .unwrap_or("video");
         let mut files = Vec::new();
         let mut assets = Vec::with_capacity(plan.frames.len());
+        let mut mix = None;
         for (index, range) in ranges.iter().enumerate() {
             let (video, file) = match plan.video {
                 Some(_) => {
@@ -362,24 +363,57 @@ impl Renderer {
                 }
                 None => (chunk::VideoFile::None, None),
             };
+            // The mix needs every frame's asset records, and nothing else: they are all
+            // known once the last chunk's frames are captured, so stage 3 runs while that
+            // chunk's encoder is still flushing.
+            let last = index + 1 == ranges.len();
+            let (captured_tx, captured_rx) = tokio::sync::oneshot::channel();
             let (chunk_progress, mut watched) = progress::channel();
-            let rendering =
-                session.frames_to_video(&plan, *range, video, &chunk_progress, cancel, started);
-            tokio::pin!(rendering);
+            let rendering = session.frames_to_video(
+                &plan,
+                *range,
+                video,
+                &chunk_progress,
+                cancel,
+                started,
+                last.then_some(captured_tx),
+            );
             let done = range.first;
-            let rendered = loop {
-                tokio::select! {
-                    r = &mut rendering => break r?,
-                    Ok(()) = watched.changed() => {
-                        let p = *watched.borrow_and_update();
-                        progress.send_replace(RenderProgress {
-                            rendered: done + p.rendered,
-                            encoded: done + p.encoded,
-                            total: plan.total(),
-                        });
+            let rendering = async {
+                tokio::pin!(rendering);
+                loop {
+                    tokio::select! {
+                        r = &mut rendering => break r,
+                        Ok(()) = watched.changed() => {
+                            let p = *watched.borrow_and_update();
+                            progress.send_replace(RenderProgress {
+                                rendered: done + p.rendered,
+                                encoded: done + p.encoded,
+                                total: plan.total(),
+                            });
+                        }
                     }
                 }
             };
+            let earlier = &assets;
+            let mixing = async {
+                // No records: not the last chunk, or stage 2 failed and says why.
+                let Ok(records) = captured_rx.await else {
+                    return Ok(None);
+                };
+                let all = [earlier.as_slice(), &records].concat();
+                let mixing = Instant::now();
+                let mix = join::mix(&plan, &all, session.media_files.clone(), cancel).await?;
+                Ok::<_, RenderError>(Some((mix, mixing.elapsed())))
+            };
+            // Both run to their end, whichever fails: the encoder thread is never left
+            // writing into the chunk directory after this returns. Stage 2's error explains
+            // a failure best (the mix only starts once its frames were captured).
+            let (rendered, mixed) = tokio::join!(rendering, mixing);
+            let rendered = rendered?;
+            if let Some(mixed) = mixed? {
+                mix = Some(mixed);
+            }
             if let Some(path) = file {
                 files.push(ChunkFile {
                     path,
@@ -389,15 +423,10 @@ impl Renderer {
             assets.extend(rendered.assets);
         }
         let frames = files.iter().map(|f| f.frames).sum::<u64>();
-        join::join(
-            &plan,
-            &files,
-            &assets,
-            session.media_files.clone(),
-            output,
-            cancel,
-        )
-        .await?;
+        let (mix, mix_took) = mix.ok_or_else(|| {
+            RenderError::internal("mixing the audio", "the last chunk sent no asset records")
+        })?;
+        join::mux_mixed(&plan, &files, mix, mix_took, output).await?;
         progress.send_replace(RenderProgress {
             rendered: plan.total(),
             encoded: plan.total(),
@@ -552,7 +581,7 @@ impl Session {
         let mut output_guard = RemoveUnlessKept(output, false);
         let video = chunk::VideoFile::Intermediate(output.to_path_buf());
         let outcome = self
-            .frames_to_video(plan, range, video, progress, cancel, Instant::now())
+            .frames_to_video(plan, range, video, progress, cancel, Instant::now(), None)
             .await?;
         output_guard.1 = true;
         Ok(outcome)
