@@ -28,6 +28,20 @@ pub async fn join(
     output: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), RenderError> {
+    join_reporting(plan, chunks, assets, media_files, output, cancel, |_| {}).await
+}
+
+/// [`join`], telling `report` how far it got, from 0 to 1: half once the audio is mixed, all
+/// once the file is written.
+pub async fn join_reporting(
+    plan: &MediaPlan,
+    chunks: &[ChunkFile],
+    assets: &[AssetRecord],
+    media_files: Arc<Fetcher>,
+    output: &Path,
+    cancel: &CancellationToken,
+    report: impl Fn(f64),
+) -> Result<(), RenderError> {
     plan.check_output_name(output)?;
     let frames: u64 = chunks.iter().map(|c| c.frames).sum();
     if plan.video.is_some() && frames != plan.total() {
@@ -39,7 +53,9 @@ pub async fn join(
     let mixing = Instant::now();
     let mix = mix(plan, assets, media_files, cancel).await?;
     let mixed = Instant::now();
+    report(0.5);
     mux(plan, chunks.to_vec(), mix, output).await?;
+    report(1.0);
     let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round();
     tracing::info!(
         chunks = chunks.len(),
