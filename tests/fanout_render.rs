@@ -20,7 +20,12 @@ use serde_json::{Value, json};
 
 /// No duplicates for stragglers: on a slow machine a duplicate of a held chunk would take
 /// the place of the retry the kill test counts. Duplicates are the scheduler's unit tests'.
-const ENV: &[(&str, &str)] = &[("CLOUDRUN_RENDER_STRAGGLER_FACTOR", "0")];
+/// At most [`MAX_CHUNKS`] chunks a render.
+const ENV: &[(&str, &str)] = &[
+    ("CLOUDRUN_RENDER_STRAGGLER_FACTOR", "0"),
+    ("CLOUDRUN_RENDER_MAX_CHUNKS", "4"),
+];
+const MAX_CHUNKS: usize = 4;
 
 fn cluster(instances: usize) -> Cluster {
     let cluster = Cluster::start_with(instances, ENV, &HaproxyOptions::default());
@@ -54,6 +59,7 @@ fn four_instances_render_like_one_and_fail_like_one() {
     let mut cluster = cluster(4);
     spread_audio_is_the_single_render(&cluster);
     large_props_go_through_the_bucket(&cluster);
+    the_maximum_of_chunks_caps_frames_per_chunk(&cluster);
     a_page_error_in_a_chunk_fails_the_render_and_frees_every_instance(&cluster);
     a_worker_killed_mid_chunk_costs_one_retry(&mut cluster);
 }
@@ -61,7 +67,7 @@ fn four_instances_render_like_one_and_fail_like_one() {
 /// The barcode fixture with audio in four chunks over three workers: every frame once and in
 /// order, the video packets those of the chunks, the audio the single render's.
 fn spread_audio_is_the_single_render(cluster: &Cluster) {
-    let spread = post_like_client(&cluster.url, &spread_payload("Audio", Some(15), "spread"));
+    let spread = post_through_front_end(&cluster.url, &spread_payload("Audio", Some(15), "spread"));
     let response = success(&spread);
     assert_eq!(response["type"], "success");
     assert_eq!(
@@ -98,7 +104,7 @@ fn spread_audio_is_the_single_render(cluster: &Cluster) {
         "chunk objects deleted"
     );
 
-    let single = post_like_client(&cluster.url, &spread_payload("Audio", None, "single"));
+    let single = post_through_front_end(&cluster.url, &spread_payload("Audio", None, "single"));
     let response = success(&single);
     assert!(response.get("chunks").is_none(), "60 frames stay whole");
     assert_progress_rises_to_one(&single);
@@ -139,7 +145,7 @@ fn large_props_go_through_the_bucket(cluster: &Cluster) {
     // 5 MiB of props: the job (payload and resolved props) is twice that.
     payload["serializedInputPropsWithCustomSchema"] =
         props(json!({"padding": "x".repeat(5 << 20)}));
-    let read = post_like_client(&cluster.url, &payload);
+    let read = post_through_front_end(&cluster.url, &payload);
     assert_eq!(success(&read)["chunks"], 2);
     let coordinator = coordinator_of(cluster, "large-props");
     let stored = log_events(
@@ -162,6 +168,37 @@ fn large_props_go_through_the_bucket(cluster: &Cluster) {
     );
 }
 
+/// `framesPerChunk` 4 over 20 frames asks for 5 chunks; `CLOUDRUN_RENDER_MAX_CHUNKS` makes
+/// them 4 of 5 frames each.
+fn the_maximum_of_chunks_caps_frames_per_chunk(cluster: &Cluster) {
+    let mut payload = spread_payload("Frames", Some(4), "capped");
+    payload["frameRange"] = json!([0, 19]);
+    let read = post_through_front_end(&cluster.url, &payload);
+    assert_eq!(success(&read)["chunks"], MAX_CHUNKS, "{:?}", read.response);
+    assert_progress_rises_to_one(&read);
+    for chunk in 0..MAX_CHUNKS {
+        assert_eq!(
+            chunk_calls(cluster, "capped", chunk).len(),
+            1,
+            "chunk {chunk}"
+        );
+    }
+    assert!(chunk_calls(cluster, "capped", MAX_CHUNKS).is_empty());
+    let coordinator = coordinator_of(cluster, "capped");
+    let spreading = log_events(
+        &cluster.instances[coordinator],
+        "spreading the render over instances",
+    );
+    let this = spreading
+        .iter()
+        .find(|e| e["render_id"] == "capped")
+        .unwrap();
+    assert_eq!(this["why"], "RequestedButCapped", "{this}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = download_to(cluster, "renders/capped/out.mp4", dir.path(), "o.mp4");
+    assert_frames(&out, &(0..20).collect::<Vec<_>>());
+}
+
 /// Chunk 1 throws at frame 15 once chunk 0 is stored; chunk 2 is held at frame 25 the whole
 /// time. The render fails with the page's error, the held worker is cancelled and every
 /// instance is free again within 5 s, nothing is at the output key, `error.txt` is, and the
@@ -177,7 +214,7 @@ fn a_page_error_in_a_chunk_fails_the_render_and_frees_every_instance(cluster: &C
     payload["delayRenderTimeoutInMilliseconds"] = json!(120_000);
     let client = {
         let (url, payload) = (cluster.url.clone(), payload.clone());
-        std::thread::spawn(move || post_like_client(&url, &payload))
+        std::thread::spawn(move || post_through_front_end(&url, &payload))
     };
     throw_gate.wait_requested();
     held.wait_requested();
@@ -261,7 +298,7 @@ fn a_worker_killed_mid_chunk_costs_one_retry(cluster: &mut Cluster) {
     payload["delayRenderTimeoutInMilliseconds"] = json!(120_000);
     let client = {
         let (url, payload) = (cluster.url.clone(), payload.clone());
-        std::thread::spawn(move || post_like_client(&url, &payload))
+        std::thread::spawn(move || post_through_front_end(&url, &payload))
     };
     gate.wait_requested();
     let mut victim = None;
@@ -270,22 +307,30 @@ fn a_worker_killed_mid_chunk_costs_one_retry(cluster: &mut Cluster) {
         victim.is_some()
     });
     let victim = victim.unwrap();
-    cluster.instances[victim].kill();
+    cluster.lose(victim);
     gate.release();
     let read = client.join().unwrap();
     let response = success(&read);
     assert_eq!(
         (&response["chunks"], &response["retries"]),
         (&json!(3), &json!(1)),
-        "{response}"
+        "{response}\n{}",
+        vanished_lines(cluster, "killed")
     );
     assert_progress_rises_to_one(&read);
     let calls = chunk_calls(cluster, "killed", 1);
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    assert!(calls.contains(&(victim, 1)));
+    let seen = || {
+        format!(
+            "victim i{victim}: {calls:?}\n{}",
+            vanished_lines(cluster, "killed")
+        )
+    };
+    assert_eq!(calls.len(), 2, "{}", seen());
+    assert!(calls.contains(&(victim, 1)), "{}", seen());
     assert!(
         calls.iter().any(|&(k, a)| k != victim && a == 2),
-        "{calls:?}"
+        "{}",
+        seen()
     );
     let coordinator = coordinator_of(cluster, "killed");
     let of_this_render = |e: &Value| e["render_id"] == "killed";
@@ -314,4 +359,20 @@ fn a_worker_killed_mid_chunk_costs_one_retry(cluster: &mut Cluster) {
     let dir = tempfile::tempdir().unwrap();
     let out = download_to(cluster, "renders/killed/out.mp4", dir.path(), "o.mp4");
     assert_frames(&out, &(0..30).collect::<Vec<_>>());
+}
+
+/// What the instances logged of `render_id`'s vanished attempts and chunk calls, for a
+/// failure's message.
+fn vanished_lines(cluster: &Cluster, render_id: &str) -> String {
+    let mut lines = String::new();
+    for (k, instance) in cluster.instances.iter().enumerate() {
+        for line in instance.log_text().lines() {
+            if line.contains(render_id)
+                && (line.contains("vanished") || line.contains("chunk call taken"))
+            {
+                lines.push_str(&format!("i{k}: {line}\n"));
+            }
+        }
+    }
+    lines
 }

@@ -150,7 +150,6 @@ async fn endpoint(State(worker): State<Arc<Worker>>, headers: HeaderMap, body: B
     let executor = worker.executor.clone();
     let shutdown = worker.shutdown.clone();
     let task = async move {
-        let _slot = slot;
         let result = executor.run(request, progress_tx, cancel).await;
         let message = match result {
             Ok(value) => {
@@ -164,6 +163,9 @@ async fn endpoint(State(worker): State<Arc<Worker>>, headers: HeaderMap, body: B
                 protocol::error_message(&failure.error, retryable)
             }
         };
+        // Free before the coordinator hears the outcome: the front end sends this instance
+        // its next call as soon as the response ends, and a busy answer would cost a backoff.
+        drop(slot);
         let _ = done_tx.send(message);
     };
     tokio::spawn(task.instrument(span));

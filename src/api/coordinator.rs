@@ -78,15 +78,21 @@ pub async fn render_media(
         .plan_media(&request.site, &request.media, Access::RemoteOnly, cancel)
         .await
         .map_err(|e| render_error_body(&e))?;
+    let unchunkable = plan.unchunkable();
     let chunks = plan_chunks(
         plan.total(),
-        plan.output.codec,
+        unchunkable,
         request.frames_per_chunk,
         config.max_chunks,
     )
     .map_err(|e| render_error_body(&RenderError::Invalid(e.to_string())))?;
     if chunks.is_single() {
-        tracing::info!(frames = plan.total(), why = ?chunks.why, "rendering in this instance");
+        tracing::info!(
+            frames = plan.total(),
+            why = ?chunks.why,
+            unchunkable,
+            "rendering in this instance"
+        );
         session
             .render_planned(plan, output, None, progress, cancel, started)
             .await

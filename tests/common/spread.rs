@@ -11,7 +11,7 @@ use cloudrun_render::fanout::protocol::{CHUNK_PATH, ChunkRequest};
 use serde_json::{Value, json};
 
 use super::cluster::{Cluster, Instance, SECRET};
-use super::{binary, fixture_server, media_payload, runtime};
+use super::{ClientRead, ClientStream, binary, fixture_server, media_payload, runtime};
 
 /// The output bucket of the cluster tests.
 pub const BUCKET: &str = "test-bucket";
@@ -26,6 +26,17 @@ pub fn spread_payload(composition: &str, frames_per_chunk: Option<u64>, render_i
         payload["framesPerChunk"] = json!(n);
     }
     payload
+}
+
+/// POSTs `payload` through a cluster's front end (`url`) and reads the answer as the real client
+/// does, asserting what that client needs of every socket read
+/// ([`ClientRead::assert_messages`]). Not the spacing: HAProxy forwards each message at once
+/// (`option http-no-delay`), but when it runs late for one and on time for the next, two
+/// messages the service spaced arrive closer together, and they are still two reads.
+pub fn post_through_front_end(url: &str, payload: &Value) -> ClientRead {
+    let read = ClientStream::open(url, payload).finish();
+    read.assert_messages();
+    read
 }
 
 /// Every JSON log line of `instance` whose message is `message`.
