@@ -3,8 +3,11 @@
 //! C (capture only), E (encode only), their bound B = 1/(1/C + 1/E), the real render R, a
 //! sequential baseline S, peak memory of us plus Chromium, and warm still latency; with
 //! `--mode chunks`, what rendering in chunks costs: the CPU of a render in N chunks over
-//! the same render in one piece, and the join per minute of video. Never part of the test
-//! suite: it prints numbers, it asserts nothing.
+//! the same render in one piece, and the join per minute of video; with `--mode fanout`
+//! (`fanout`), the parts of a render spread over instances and its projected wall time.
+//! Never part of the test suite: it prints numbers, it asserts nothing.
+
+mod fanout;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,15 +47,19 @@ pub struct BenchArgs {
     /// the same render in one piece, and the cost of the join.
     #[arg(long, value_enum, default_value_t = BenchMode::All)]
     pub mode: BenchMode,
-    /// Chunks for `--mode chunks`.
+    /// Chunks for `--mode chunks` and `--mode fanout`.
     #[arg(long, default_value_t = 4)]
     pub chunks: u64,
+    /// `--mode fanout`: the bandwidth assumed for bucket transfers, in MiB/s.
+    #[arg(long, default_value_t = 100.0)]
+    pub bandwidth_mib: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchMode {
     All,
     Chunks,
+    Fanout,
 }
 
 /// Peak RSS and PSS of our process tree (us, Chromium and its children), sampled every 100 ms.
@@ -290,6 +297,7 @@ fn markers(mode: BenchMode) -> (&'static str, &'static str) {
     match mode {
         BenchMode::All => ("<!-- bench:start -->", "<!-- bench:end -->"),
         BenchMode::Chunks => ("<!-- bench-chunks:start -->", "<!-- bench-chunks:end -->"),
+        BenchMode::Fanout => ("<!-- bench-fanout:start -->", "<!-- bench-fanout:end -->"),
     }
 }
 
@@ -322,6 +330,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let result = match args.mode {
         BenchMode::All => measure(&renderer, &args).await,
         BenchMode::Chunks => measure_chunks(&renderer, &args).await,
+        BenchMode::Fanout => fanout::measure(&renderer, &args).await,
     };
     renderer.shutdown().await;
     let report = result?;
