@@ -296,9 +296,22 @@ fn a_worker_killed_mid_chunk_costs_one_retry(cluster: &mut Cluster) {
     payload["frameRange"] = json!([0, 29]);
     payload["serializedInputPropsWithCustomSchema"] = props(json!({"gates": {"15": gate.url}}));
     payload["delayRenderTimeoutInMilliseconds"] = json!(120_000);
+    // The client's progress, as it reads it, so that the kill comes once the stream counts
+    // the held chunk's frames: losing them must not take the number back.
+    let (seen_tx, seen) = std::sync::mpsc::channel::<f64>();
     let client = {
         let (url, payload) = (cluster.url.clone(), payload.clone());
-        std::thread::spawn(move || post_through_front_end(&url, &payload))
+        std::thread::spawn(move || {
+            let mut stream = ClientStream::open(&url, &payload);
+            while let Some(message) = stream.next_message() {
+                if let Some(p) = message["onProgress"].as_f64() {
+                    let _ = seen_tx.send(p);
+                }
+            }
+            let read = stream.finish();
+            read.assert_messages();
+            read
+        })
     };
     gate.wait_requested();
     let mut victim = None;
@@ -307,6 +320,12 @@ fn a_worker_killed_mid_chunk_costs_one_retry(cluster: &mut Cluster) {
         victim.is_some()
     });
     let victim = victim.unwrap();
+    // Chunks 0 and 2 done are 0.95 × 20/30 = 0.63; above 0.65 the held chunk's frames count.
+    let mut highest = 0.0;
+    wait_until("the held chunk's frames in the client's progress", || {
+        highest = seen.try_iter().fold(highest, f64::max);
+        highest > 0.65
+    });
     cluster.lose(victim);
     gate.release();
     let read = client.join().unwrap();
