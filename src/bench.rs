@@ -3,11 +3,13 @@
 //! C (capture only), E (encode only), their bound B = 1/(1/C + 1/E), the real render R, a
 //! sequential baseline S, peak memory of us plus Chromium, and warm still latency; with
 //! `--mode chunks`, what rendering in chunks costs: the CPU of a render in N chunks over
-//! the same render in one piece, and the join per minute of video. The real render runs
-//! side by side with an open-source peer (timecut, see [`peer`]), alternating, when it is
-//! installed (`--mode peer` runs only that). Never part of the test suite: it prints
-//! numbers, it asserts nothing.
+//! the same render in one piece, and the join per minute of video; with `--mode fanout`
+//! (`fanout`), the parts of a render spread over instances and its projected wall time.
+//! The real render runs side by side with an open-source peer (timecut, see [`peer`]),
+//! alternating, when it is installed (`--mode peer` runs only that). Never part of the
+//! test suite: it prints numbers, it asserts nothing.
 
+mod fanout;
 mod peer;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -48,7 +50,7 @@ pub struct BenchArgs {
     /// the same render in one piece, and the cost of the join.
     #[arg(long, value_enum, default_value_t = BenchMode::All)]
     pub mode: BenchMode,
-    /// Chunks for `--mode chunks`.
+    /// Chunks for `--mode chunks` and `--mode fanout`.
     #[arg(long, default_value_t = 4)]
     pub chunks: u64,
     /// Real renders of ours, and of each peer variant, alternating.
@@ -65,6 +67,9 @@ pub struct BenchArgs {
         default_value = "piped,threads2"
     )]
     pub peer_variants: Vec<peer::Variant>,
+    /// `--mode fanout`: the bandwidth assumed for bucket transfers, in MiB/s.
+    #[arg(long, default_value_t = 100.0)]
+    pub bandwidth_mib: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,6 +78,7 @@ pub enum BenchMode {
     Chunks,
     /// Only our real render and the peer's, alternating.
     Peer,
+    Fanout,
 }
 
 /// Peak RSS and PSS of our process tree (us, Chromium and its children), sampled every 100 ms.
@@ -320,6 +326,7 @@ fn markers(mode: BenchMode) -> (&'static str, &'static str) {
         BenchMode::All => ("<!-- bench:start -->", "<!-- bench:end -->"),
         BenchMode::Chunks => ("<!-- bench-chunks:start -->", "<!-- bench-chunks:end -->"),
         BenchMode::Peer => ("<!-- bench-peer:start -->", "<!-- bench-peer:end -->"),
+        BenchMode::Fanout => ("<!-- bench-fanout:start -->", "<!-- bench-fanout:end -->"),
     }
 }
 
@@ -797,6 +804,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchMode::All => measure(&renderer, &args).await,
         BenchMode::Chunks => measure_chunks(&renderer, &args).await,
         BenchMode::Peer => measure_peer(&renderer, &args).await,
+        BenchMode::Fanout => fanout::measure(&renderer, &args).await,
     };
     renderer.shutdown().await;
     let report = result?;

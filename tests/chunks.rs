@@ -104,7 +104,8 @@ fn the_barcode_in_four_chunks_decodes_like_the_single_render() {
             RenderProgress {
                 rendered: n,
                 encoded: n,
-                total: n
+                total: n,
+                overall: None,
             }
         );
     }
@@ -203,7 +204,8 @@ fn the_audio_of_a_chunked_render_is_the_single_renders() {
         Some(&RenderProgress {
             rendered: 60,
             encoded: 60,
-            total: 60
+            total: 60,
+            overall: None,
         })
     );
     assert!(progress.iter().all(|p| p.total == 60));

@@ -322,11 +322,18 @@ fn the_chunk_endpoint_refuses_unsigned_forged_and_old_calls() {
         "{said:?}"
     );
 
-    // The same call, fresh: taken, and ends in the (phase A) missing stage, not a refusal.
+    // The same call, fresh: taken, and refused by the worker only for its empty job.
     let (status, said) = call_chunk(&service.url, &body, Some(auth.sign(&body, now)));
     assert_eq!(status, 200);
     let last = said.last().unwrap();
-    assert_eq!(last["name"], "ChunkStageUnavailable", "{said:?}");
+    assert_eq!(last["name"], names::INVALID, "{said:?}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a chunk job"),
+        "{said:?}"
+    );
     assert_eq!(last["retryable"], false);
 }
 

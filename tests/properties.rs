@@ -30,6 +30,8 @@ fn media_body() -> Value {
     body["forceFps"] = json!(30);
     body["forceDurationInFrames"] = json!(90);
     body["gopSize"] = json!(30);
+    // Our own extension, which only other clients send.
+    body["framesPerChunk"] = json!(10);
     body
 }
 
@@ -567,7 +569,7 @@ proptest! {
             tokio::spawn(async move {
                 for (rendered, encoded, total, ms) in updates {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
-                    ptx.send_replace(RenderProgress { rendered, encoded, total });
+                    ptx.send_replace(RenderProgress { rendered, encoded, total, overall: None });
                 }
                 tokio::time::sleep(Duration::from_millis(final_after)).await;
                 let _ = dtx.send(final_message);

@@ -6,6 +6,7 @@
 
 pub mod chunk;
 pub mod client;
+pub mod coordinator;
 pub mod id_token;
 pub mod stream;
 pub mod webhook;
@@ -55,6 +56,8 @@ pub struct AppState {
     /// Every render's task, up to its final webhook call, which outlives the response.
     /// Shutdown waits for them within its budget.
     pub tasks: TaskTracker,
+    /// Set: media renders may be spread over instances (`fanout`).
+    pub fanout: Option<crate::fanout::FanoutConfig>,
 }
 
 impl AppState {
@@ -70,6 +73,13 @@ impl AppState {
             admission: Arc::new(Semaphore::new(slots)),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            fanout: match crate::fanout::FanoutConfig::from_env() {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::error!("fan-out is off: {e}");
+                    None
+                }
+            },
         }
     }
 }
@@ -220,7 +230,7 @@ async fn render_endpoint(
         return json_response(StatusCode::TOO_MANY_REQUESTS, &e);
     };
     match request {
-        RenderRequest::Media(m) => start_media(state, *m, slot, span),
+        RenderRequest::Media(m) => start_media(state, *m, body, slot, span),
         RenderRequest::Still(s) => start_still(state, *s, slot, span),
     }
 }
@@ -318,6 +328,7 @@ fn streaming_response(
 fn start_media(
     state: Arc<AppState>,
     request: MediaRequest,
+    payload: Bytes,
     slot: OwnedSemaphorePermit,
     span: tracing::Span,
 ) -> Response {
@@ -349,7 +360,15 @@ fn start_media(
     tokio::spawn(stream::pump(Some(progress_rx), done_rx, out));
     let tasks = state.tasks.clone();
     let task = async move {
-        let result = run_media(&state, &request, &render_id, &progress_tx, &cancel).await;
+        let result = run_media(
+            &state,
+            &request,
+            &payload,
+            &render_id,
+            &progress_tx,
+            &cancel,
+        )
+        .await;
         let result = settle(&state, &request.upload, &render_id, result, &cancel).await;
         // Free before the client hears the outcome: a caller (or Cloud Run) that sends the
         // next render as soon as it has the final message must find the instance free.
@@ -412,10 +431,12 @@ fn final_message(result: &Result<SuccessResponse, ErrorBody>) -> Bytes {
 async fn run_media(
     state: &AppState,
     request: &MediaRequest,
+    payload: &Bytes,
     render_id: &str,
     progress: &render::ProgressSender,
     cancel: &CancellationToken,
 ) -> Result<SuccessResponse, ErrorBody> {
+    let started = std::time::Instant::now();
     let work = tempfile::Builder::new()
         .prefix("cloudrun-render-work-")
         .tempdir()
@@ -431,18 +452,9 @@ async fn run_media(
     let format =
         render::OutputFormat::resolve(&request.media).map_err(|e| render_error_body(&e))?;
     let local: PathBuf = work.path().join(format.default_name());
-    state
-        .renderer
-        .render_media(
-            &request.site,
-            &request.media,
-            Access::RemoteOnly,
-            &local,
-            progress,
-            cancel,
-        )
-        .await
-        .map_err(|e| render_error_body(&e))?;
+    let spread =
+        coordinator::render_media(state, request, payload, render_id, &local, progress, cancel)
+            .await?;
     let name = request
         .upload
         .out_name
@@ -462,7 +474,15 @@ async fn run_media(
     };
     let stored = stored.map_err(|e| storage_error_body(&e))?;
     // `work` and the rendered file in it are removed here, whatever happened above.
-    Ok(success(stored, render_id, request.upload.privacy))
+    let mut response = success(stored, render_id, request.upload.privacy);
+    response.fanout = spread.map(|s| wire::FanoutStats {
+        chunks: s.chunks,
+        retries: s.retries,
+        duplicates: s.duplicates,
+        instance_seconds: ((started.elapsed().as_secs_f64() + s.worker_seconds) * 10.0).round()
+            / 10.0,
+    });
+    Ok(response)
 }
 
 fn success(
@@ -481,6 +501,7 @@ fn success(
         bucket_name: stored.bucket,
         render_id: render_id.to_string(),
         privacy: storage::privacy_label(privacy).to_string(),
+        fanout: None,
     }
 }
 

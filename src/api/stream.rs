@@ -144,6 +144,7 @@ mod tests {
             rendered,
             encoded,
             total: 10,
+            overall: None,
         }
     }
 

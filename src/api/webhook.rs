@@ -267,6 +267,7 @@ mod tests {
             rendered: 10,
             encoded: 10,
             total: 10,
+            overall: None,
         };
         let body = Value::Object(progress_body(&options("x"), "abc", &p));
         assert_eq!(
@@ -354,6 +355,7 @@ mod tests {
                 rendered,
                 encoded: rendered,
                 total: 20,
+                overall: None,
             });
         };
         // Each step's outcome is the same whether the follower sees every value or only the
@@ -381,6 +383,7 @@ mod tests {
             bucket_name: "b".into(),
             render_id: "rid".into(),
             privacy: "project-private".into(),
+            fanout: None,
         };
         hook.finish(Outcome::Success(response)).await;
 
@@ -411,6 +414,7 @@ mod tests {
             rendered: 1,
             encoded: 0,
             total: 2,
+            overall: None,
         });
         // Without the deadline both calls would wait forever; the bound is for that hang.
         tokio::time::timeout(

@@ -125,6 +125,9 @@ pub struct MediaPayload {
     pub metadata: Option<BTreeMap<String, String>>,
     pub render_id_override: Option<String>,
     pub render_status_webhook: Option<WebhookPayload>,
+    /// Our extension (the client never sends it): frames per chunk when the render is spread
+    /// over instances.
+    pub frames_per_chunk: Option<f64>,
 }
 
 /// `renderStillOnCloudrun()`'s body.
@@ -162,6 +165,9 @@ pub struct MediaRequest {
     pub upload: UploadOptions,
     pub webhook: Option<WebhookOptions>,
     pub client_version: Option<String>,
+    /// `framesPerChunk`, our extension: how a render spread over instances is cut (else the
+    /// fan-out's own rule decides). Ignored when fan-out is off.
+    pub frames_per_chunk: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -557,6 +563,17 @@ impl MediaPayload {
             )?,
             webhook,
             client_version: self.client_version,
+            frames_per_chunk: self
+                .frames_per_chunk
+                .map(|n| {
+                    integer(
+                        "framesPerChunk",
+                        n,
+                        crate::fanout::plan::MIN_FRAMES_PER_CHUNK as f64,
+                        9.007_199_254_740_991e15,
+                    )
+                })
+                .transpose()?,
         })
     }
 }
@@ -623,6 +640,24 @@ pub struct SuccessResponse {
     pub bucket_name: String,
     pub render_id: String,
     pub privacy: String,
+    /// Ours, after `privacy`: how a render spread over instances went. The client ignores it.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub fanout: Option<FanoutStats>,
+}
+
+/// The extra fields of a render spread over instances.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FanoutStats {
+    /// Chunks the frames were cut into.
+    pub chunks: usize,
+    /// Chunk calls started again because a worker vanished.
+    pub retries: u32,
+    /// Duplicate calls started for stragglers.
+    pub duplicates: u32,
+    /// Instance time: the coordinator's whole render plus what every winning chunk call
+    /// took on its worker, as the workers measured it.
+    pub instance_seconds: f64,
 }
 
 /// `{"type":"error","message","name","stack"}`: the only failure shape the client understands.
@@ -819,6 +854,27 @@ mod tests {
     }
 
     #[test]
+    fn frames_per_chunk_is_our_extension() {
+        let fpc = |v: Value| media(json!({ "framesPerChunk": v })).map(|r| r.frames_per_chunk);
+        assert_eq!(media(json!({})).unwrap().frames_per_chunk, None);
+        assert_eq!(fpc(Value::Null), Ok(None));
+        assert_eq!(fpc(json!(4)), Ok(Some(4)));
+        assert_eq!(fpc(json!(300)), Ok(Some(300)));
+        for bad in [
+            json!(3),
+            json!(0),
+            json!(-5),
+            json!(10.5),
+            json!("10"),
+            json!(1e300),
+        ] {
+            let e = fpc(bad.clone()).unwrap_err();
+            assert_eq!(e.field, "framesPerChunk", "{bad}: {e}");
+        }
+        assert!(fpc(json!(2)).unwrap_err().message.contains("between 4"));
+    }
+
+    #[test]
     fn frame_range_shapes() {
         let fr = |v: Value| media(json!({ "frameRange": v })).map(|r| r.media.frame_range);
         assert_eq!(fr(json!(5)), Ok(FrameRange::Single(5)));
@@ -953,11 +1009,32 @@ mod tests {
             bucket_name: "b".into(),
             render_id: "x".into(),
             privacy: "project-private".into(),
+            fanout: None,
         };
         assert_eq!(
             serde_json::to_string(&ok).unwrap(),
             r#"{"type":"success","publicUrl":null,"cloudStorageUri":"gs://b/renders/x/out.mp4","size":"12","bucketName":"b","renderId":"x","privacy":"project-private"}"#
         );
+        let spread = SuccessResponse {
+            fanout: Some(FanoutStats {
+                chunks: 4,
+                retries: 1,
+                duplicates: 0,
+                instance_seconds: 12.5,
+            }),
+            ..ok.clone()
+        };
+        let text = serde_json::to_string(&spread).unwrap();
+        assert!(
+            text.ends_with(r#""privacy":"project-private","chunks":4,"retries":1,"duplicates":0,"instanceSeconds":12.5}"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_str::<SuccessResponse>(&text).unwrap(),
+            spread
+        );
+        let plain = serde_json::to_string(&ok).unwrap();
+        assert_eq!(serde_json::from_str::<SuccessResponse>(&plain).unwrap(), ok);
         let err = ErrorBody::new("Error", "boom", "Error: boom");
         assert_eq!(
             serde_json::to_string(&err).unwrap(),

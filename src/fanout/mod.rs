@@ -40,6 +40,9 @@ pub const CHUNK_SECRET_ENV: &str = "CLOUDRUN_RENDER_CHUNK_SECRET";
 pub const MAX_CHUNKS_ENV: &str = "CLOUDRUN_RENDER_MAX_CHUNKS";
 /// Retries of a chunk whose worker vanished (default 2).
 pub const CHUNK_RETRIES_ENV: &str = "CLOUDRUN_RENDER_CHUNK_RETRIES";
+/// A chunk running longer than this many median chunk times gets a duplicate attempt
+/// (default 2; 0: never).
+pub const STRAGGLER_FACTOR_ENV: &str = "CLOUDRUN_RENDER_STRAGGLER_FACTOR";
 /// `auto` (default: on Cloud Run only), `on` or `off`: whether chunk calls carry a Google ID
 /// token for the fan-out URL.
 pub const ID_TOKEN_ENV: &str = "CLOUDRUN_RENDER_FANOUT_ID_TOKEN";
@@ -84,6 +87,8 @@ pub struct FanoutConfig {
     pub auth: ChunkAuth,
     pub max_chunks: usize,
     pub retries: u32,
+    /// See [`STRAGGLER_FACTOR_ENV`].
+    pub straggler_factor: u32,
     pub id_token: IdTokenMode,
     /// Longest silence from a worker's stream before it counts as gone. A bound on a hang,
     /// not a performance guess: a chunk reports each frame, and one frame may wait out a
@@ -128,6 +133,12 @@ impl FanoutConfig {
             0,
             DEFAULT_RETRIES as u64,
         )? as u32;
+        let straggler_factor = number(
+            STRAGGLER_FACTOR_ENV,
+            "a whole number (0: never)",
+            0,
+            scheduler::Policy::default().straggler_factor as u64,
+        )? as u32;
         let id_token = match var(ID_TOKEN_ENV).as_deref().map(str::trim) {
             None | Some("auto") => IdTokenMode::Auto,
             Some("on") => IdTokenMode::On,
@@ -139,9 +150,19 @@ impl FanoutConfig {
             auth,
             max_chunks,
             retries,
+            straggler_factor,
             id_token,
             idle_timeout: Duration::from_secs(600),
         }))
+    }
+
+    /// The scheduler's policy for this configuration.
+    pub fn policy(&self) -> scheduler::Policy {
+        scheduler::Policy {
+            retries: self.retries,
+            straggler_factor: self.straggler_factor,
+            ..scheduler::Policy::default()
+        }
     }
 
     /// Whether ID tokens are fetched, given whether we run on Cloud Run.
@@ -189,6 +210,7 @@ mod tests {
         let c = config(&[url, (CHUNK_SECRET_ENV, SECRET)]).unwrap().unwrap();
         assert_eq!(c.max_chunks, DEFAULT_MAX_CHUNKS);
         assert_eq!(c.retries, DEFAULT_RETRIES);
+        assert_eq!(c.policy().straggler_factor, 2);
         assert_eq!(c.id_token, IdTokenMode::Auto);
         assert!(c.wants_id_token(true) && !c.wants_id_token(false));
     }
@@ -207,6 +229,10 @@ mod tests {
         assert!(with((MAX_CHUNKS_ENV, "0")).contains(MAX_CHUNKS_ENV));
         assert!(with((CHUNK_RETRIES_ENV, "-1")).contains(CHUNK_RETRIES_ENV));
         assert!(with((ID_TOKEN_ENV, "maybe")).contains(ID_TOKEN_ENV));
+        assert!(with((STRAGGLER_FACTOR_ENV, "x")).contains(STRAGGLER_FACTOR_ENV));
+        let mut off = base.to_vec();
+        off.push((STRAGGLER_FACTOR_ENV, "0"));
+        assert_eq!(config(&off).unwrap().unwrap().policy().straggler_factor, 0);
         assert!(
             config(&[(FANOUT_URL_ENV, "ftp://x"), (CHUNK_SECRET_ENV, SECRET)])
                 .unwrap_err()

@@ -24,8 +24,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::options::Codec;
-
 /// The fixed cost of one chunk in frames of render time (≈ 4 s / 0.25 s at 1080p).
 pub const FIXED_COST_IN_FRAMES: u64 = 16;
 pub const MAX_OVERHEAD_PERCENT: u64 = 10;
@@ -53,8 +51,7 @@ impl ChunkSpan {
 /// Why a render got the chunks it got (for the logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
-    /// gif and audio-only outputs are never chunked: gif gets a palette per frame from one
-    /// encoder, and audio is mixed once for the whole timeline anyway.
+    /// The plan says its output cannot be cut (`MediaPlan::unchunkable`: gif, audio-only).
     NotChunkable,
     /// Too few frames for two chunks to pay for their fixed cost.
     Short,
@@ -86,15 +83,13 @@ pub enum PlanError {
     FramesPerChunkTooSmall(u64),
 }
 
-pub fn chunkable(codec: Codec) -> bool {
-    !(codec == Codec::Gif || codec.is_audio_only())
-}
-
 /// Cuts `frames` output frames into chunks: by `frames_per_chunk` when the payload gives it,
-/// else by the fixed-cost rule (module docs); never more than `max_chunks`.
+/// else by the fixed-cost rule (module docs); never more than `max_chunks`. `unchunkable` is
+/// the render plan's reason not to cut at all (`MediaPlan::unchunkable`), which decides
+/// before anything else.
 pub fn plan_chunks(
     frames: u64,
-    codec: Codec,
+    unchunkable: Option<&str>,
     frames_per_chunk: Option<u64>,
     max_chunks: usize,
 ) -> Result<ChunkPlan, PlanError> {
@@ -112,7 +107,7 @@ pub fn plan_chunks(
         }],
         why,
     };
-    if !chunkable(codec) {
+    if unchunkable.is_some() {
         return Ok(single(Why::NotChunkable));
     }
     match frames_per_chunk {
@@ -204,12 +199,12 @@ mod tests {
     #[test]
     fn short_renders_stay_in_one_instance() {
         for frames in [0, 1, 90, 287] {
-            let p = plan_chunks(frames, Codec::H264, None, 200).unwrap();
+            let p = plan_chunks(frames, None, None, 200).unwrap();
             assert_eq!(p.why, Why::Short, "{frames}");
             assert!(p.is_single());
             check_cover(&p, frames);
         }
-        let p = plan_chunks(288, Codec::H264, None, 200).unwrap();
+        let p = plan_chunks(288, None, None, 200).unwrap();
         assert_eq!((p.spans.len(), p.why), (2, Why::Automatic));
     }
 
@@ -217,7 +212,7 @@ mod tests {
     fn longer_videos_get_more_chunks_up_to_the_maximum() {
         let mut last = 0;
         for frames in [300, 900, 1800, 5_000, 10_000, 18_000, 100_000] {
-            let p = plan_chunks(frames, Codec::H264, None, 60).unwrap();
+            let p = plan_chunks(frames, None, None, 60).unwrap();
             check_cover(&p, frames);
             assert!(p.spans.len() >= last, "{frames}");
             assert!(p.spans.len() <= 60);
@@ -232,24 +227,24 @@ mod tests {
             last = p.spans.len();
         }
         // 10 minutes at 30 fps with 60 instances: the cap decides, 300 frames each.
-        let p = plan_chunks(18_000, Codec::H264, None, 60).unwrap();
+        let p = plan_chunks(18_000, None, None, 60).unwrap();
         assert_eq!((p.spans.len(), p.why), (60, Why::AutomaticCapped));
         assert_eq!(p.spans[0].frames(), 300);
     }
 
     #[test]
     fn frames_per_chunk_is_honoured_and_capped() {
-        let p = plan_chunks(10, Codec::H264, Some(4), 200).unwrap();
+        let p = plan_chunks(10, None, Some(4), 200).unwrap();
         assert_eq!(p.why, Why::Requested);
         assert_eq!(
             p.spans.iter().map(|s| (s.start, s.end)).collect::<Vec<_>>(),
             [(0, 4), (4, 8), (8, 10)]
         );
-        let p = plan_chunks(1000, Codec::Vp9, Some(5), 8).unwrap();
+        let p = plan_chunks(1000, None, Some(5), 8).unwrap();
         assert_eq!((p.spans.len(), p.why), (8, Why::RequestedButCapped));
         check_cover(&p, 1000);
         assert_eq!(
-            plan_chunks(100, Codec::H264, Some(3), 200),
+            plan_chunks(100, None, Some(3), 200),
             Err(PlanError::FramesPerChunkTooSmall(3))
         );
         assert!(
@@ -260,19 +255,11 @@ mod tests {
     }
 
     #[test]
-    fn gif_and_audio_only_are_never_chunked() {
-        for codec in [Codec::Gif, Codec::Mp3, Codec::Aac, Codec::Wav] {
-            let p = plan_chunks(100_000, codec, Some(10), 200).unwrap();
-            assert_eq!((p.spans.len(), p.why), (1, Why::NotChunkable), "{codec}");
-        }
-        for codec in [
-            Codec::H264,
-            Codec::H265,
-            Codec::Vp8,
-            Codec::Vp9,
-            Codec::Prores,
-        ] {
-            assert!(chunkable(codec), "{codec}");
+    fn an_unchunkable_plan_is_never_chunked() {
+        for fpc in [Some(10), None] {
+            let p = plan_chunks(100_000, Some("gif"), fpc, 200).unwrap();
+            assert_eq!((p.spans.len(), p.why), (1, Why::NotChunkable), "{fpc:?}");
+            check_cover(&p, 100_000);
         }
     }
 }

@@ -39,7 +39,22 @@ pub const CHUNK_OBJECT_SUFFIX: &str = ".chunk";
 /// `renders/{renderId}/chunks/{index}.{attempt}.{what}.chunk`: the attempt is in the key, so
 /// a retry or a straggler's duplicate never overwrites another call's object.
 pub fn chunk_object_key(render_id: &str, index: usize, attempt: u32, what: &str) -> String {
-    format!("renders/{render_id}/chunks/{index:05}.{attempt}.{what}{CHUNK_OBJECT_SUFFIX}")
+    format!(
+        "{}{index:05}.{attempt}.{what}{CHUNK_OBJECT_SUFFIX}",
+        chunks_prefix(render_id)
+    )
+}
+
+/// `renders/{renderId}/chunks/`: every object a render's fan-out writes is under it, so the
+/// coordinator's cleanup is one listing.
+pub fn chunks_prefix(render_id: &str) -> String {
+    format!("renders/{render_id}/chunks/")
+}
+
+/// `renders/{renderId}/chunks/job.chunk`: a render's chunk job when it is too large to send
+/// with every call.
+pub fn job_object_key(render_id: &str) -> String {
+    format!("{}job{CHUNK_OBJECT_SUFFIX}", chunks_prefix(render_id))
 }
 
 /// One chunk call. `J` is what the render stage needs beyond the frame span: the resolved
@@ -303,6 +318,11 @@ mod tests {
         assert_eq!(a, "renders/abc/chunks/00003.1.video.chunk");
         assert_ne!(a, chunk_object_key("abc", 3, 2, "video"));
         assert!(a.starts_with("renders/") && a.ends_with(CHUNK_OBJECT_SUFFIX));
+        assert!(a.starts_with(&chunks_prefix("abc")));
+        let job = job_object_key("abc");
+        assert!(job.starts_with(&chunks_prefix("abc")) && job.ends_with(CHUNK_OBJECT_SUFFIX));
+        assert_ne!(chunks_prefix("abc"), chunks_prefix("ab"));
+        assert!(!a.starts_with(&chunks_prefix("ab")));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub trait ChunkRunner: Send + Sync {
 pub struct Policy {
     /// Retries of a chunk whose worker vanished.
     pub retries: u32,
-    /// A chunk running longer than this many median chunk times gets a duplicate...
+    /// A chunk running longer than this many median chunk times gets a duplicate (0: never)...
     pub straggler_factor: u32,
     /// ...but never before it ran this long: a duplicate costs a whole chunk's setup, and
     /// renders whose chunks take seconds gain nothing from one.
@@ -240,12 +240,14 @@ pub async fn run_chunks<R: ChunkRunner>(
     while states.iter().any(|s| !s.done) {
         // How long an attempt may run before it counts as a straggler: known once at least
         // half the chunks are done. When the first such attempt is due.
-        let straggler_after =
-            (chunks.len() >= 2 && durations.len() * 2 >= chunks.len()).then(|| {
-                let mut sorted = durations.clone();
-                sorted.sort();
-                (median(&sorted) * policy.straggler_factor).max(policy.straggler_min)
-            });
+        let straggler_after = (policy.straggler_factor > 0
+            && chunks.len() >= 2
+            && durations.len() * 2 >= chunks.len())
+        .then(|| {
+            let mut sorted = durations.clone();
+            sorted.sort();
+            (median(&sorted) * policy.straggler_factor).max(policy.straggler_min)
+        });
         let straggler_at = straggler_after.and_then(|after| {
             states
                 .iter()
@@ -729,6 +731,21 @@ mod tests {
         assert_eq!(Instant::now() - t0, Policy::default().straggler_min);
         ok(duplicate);
         assert_eq!(h.outcome().await.unwrap().duplicates, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_factor_of_zero_never_duplicates() {
+        let policy = Policy {
+            straggler_factor: 0,
+            ..Policy::default()
+        };
+        let mut h = start(2, policy);
+        let mut calls = h.first_calls(2).await;
+        ok(calls.remove(0));
+        let waited = tokio::time::timeout(Duration::from_secs(3600), h.call()).await;
+        assert!(waited.is_err(), "a duplicate started");
+        ok(calls.remove(0));
+        assert_eq!(h.outcome().await.unwrap().duplicates, 0);
     }
 
     #[tokio::test(start_paused = true)]

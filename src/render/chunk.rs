@@ -140,6 +140,7 @@ impl Session {
             rendered: 0,
             encoded: 0,
             total,
+            overall: None,
         });
         let frames_started = Instant::now();
         let encoded = Arc::new(AtomicU64::new(0));

@@ -28,10 +28,28 @@ pub async fn join(
     output: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), RenderError> {
+    join_reporting(plan, chunks, assets, media_files, output, cancel, |_| {}).await
+}
+
+/// [`join`], telling `report` how far it got, from 0 to 1: half once the audio is mixed, all
+/// once the file is written.
+pub async fn join_reporting(
+    plan: &MediaPlan,
+    chunks: &[ChunkFile],
+    assets: &[AssetRecord],
+    media_files: Arc<Fetcher>,
+    output: &Path,
+    cancel: &CancellationToken,
+    report: impl Fn(f64),
+) -> Result<(), RenderError> {
+    // Checked before the mix too: a wrong set of chunks should not cost a mix first.
     check_chunks(plan, chunks, output)?;
     let mixing = Instant::now();
     let mix = mix(plan, assets, media_files, cancel).await?;
-    mux_mixed(plan, chunks, mix, mixing.elapsed(), output).await
+    report(0.5);
+    mux_mixed(plan, chunks, mix, mixing.elapsed(), output).await?;
+    report(1.0);
+    Ok(())
 }
 
 /// Stage 4 with a mix made beforehand (`mix_took` to make, for the log): what [`join`]

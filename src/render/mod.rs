@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::audio::{AssetRecord, AudioError};
+use crate::audio::AudioError;
 use crate::browser::{
     self, Browser, BrowserError, CompositionInfo, LaunchOptions, PageGuard, PageSetup, contract,
 };
@@ -38,6 +38,8 @@ use crate::offthread::FrameServer;
 use crate::options::{CompositionOverrides, MediaOptions, SiteOptions};
 use crate::site::{Access, Site, SiteError};
 
+/// A frame's asset records travel with its chunk, so callers name them through `render`.
+pub use crate::audio::AssetRecord;
 pub use crate::encode::{ChunkFile, StreamParameters};
 pub use chunk::ChunkOutcome;
 pub use plan::{ChunkRange, MediaPlan, OutputFormat, ResolvedComposition};
@@ -297,148 +299,31 @@ impl Renderer {
         progress: &ProgressSender,
         cancel: &CancellationToken,
     ) -> Result<MediaOutcome, RenderError> {
-        let mut output_guard = RemoveUnlessKept(output, false);
         let started = Instant::now();
+        let (session, plan) = self.plan_media(site, media, access, cancel).await?;
+        session
+            .render_planned(plan, output, frames_per_chunk, progress, cancel, started)
+            .await
+    }
+
+    /// Stage 1 as the instance that plans runs it: opens `site`, selects the composition
+    /// (calculateMetadata runs here, once) and builds the plan. The session stays open for
+    /// what this instance does next: the other stages, or, when other instances render the
+    /// frames, the audio mix (it holds the media the pages referred to).
+    pub async fn plan_media(
+        &self,
+        site: &SiteOptions,
+        media: &MediaOptions,
+        access: Access,
+        cancel: &CancellationToken,
+    ) -> Result<(Session, MediaPlan), RenderError> {
         plan::preflight(media, self.cpus)?;
         let session = self.open(site, access).await?;
         let composition = session
             .resolve(&media.composition_id, &media.overrides, cancel)
             .await?;
         let plan = MediaPlan::new(media, composition, self.cpus)?;
-        plan.check_output_name(output)?;
-        let ranges = match frames_per_chunk {
-            Some(n) => {
-                if let Some(why) = plan.unchunkable() {
-                    tracing::warn!("rendering in one piece, not in chunks: {why}");
-                }
-                plan.chunks(n)
-            }
-            None => vec![plan.whole()],
-        };
-        tracing::info!(
-            composition = %plan.composition.info.id,
-            frames = plan.total(),
-            chunks = ranges.len(),
-            tabs = plan.tabs,
-            width = plan.width,
-            height = plan.height,
-            fps = plan.output_fps,
-            codec = %media.codec,
-            "rendering"
-        );
-        let outcome = |frames: u64, assets: Vec<AssetRecord>, plan: MediaPlan| MediaOutcome {
-            frames,
-            width: plan.width,
-            height: plan.height,
-            assets,
-            composition: plan.composition,
-            elapsed: started.elapsed(),
-        };
-        if ranges.len() == 1 && plan.audio.is_none() && plan.video.is_some() {
-            // Nothing to add afterwards: the encoder writes the output itself.
-            let video = chunk::VideoFile::Output(output.to_path_buf());
-            let rendered = session
-                .frames_to_video(&plan, ranges[0], video, progress, cancel, started, None)
-                .await?;
-            output_guard.1 = true;
-            return Ok(outcome(rendered.frames, rendered.assets, plan));
-        }
-        // The chunks go to a directory beside the output (same filesystem), removed with it.
-        let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-        let dir = tempfile::Builder::new()
-            .prefix(&format!(".{name}.chunks-"))
-            .tempdir_in(output.parent().unwrap_or(Path::new(".")))
-            .map_err(io("creating the directory for the chunks"))?;
-        let extension = encode::chunk_container(plan.output.codec)
-            .map(|(_, e)| e)
-            .unwrap_or("video");
-        let mut files = Vec::new();
-        let mut assets = Vec::with_capacity(plan.frames.len());
-        let mut mix = None;
-        for (index, range) in ranges.iter().enumerate() {
-            let (video, file) = match plan.video {
-                Some(_) => {
-                    let path = dir.path().join(format!("chunk-{index}.{extension}"));
-                    (chunk::VideoFile::Intermediate(path.clone()), Some(path))
-                }
-                None => (chunk::VideoFile::None, None),
-            };
-            // The mix needs every frame's asset records, and nothing else: they are all
-            // known once the last chunk's frames are captured, so stage 3 runs while that
-            // chunk's encoder is still flushing.
-            let last = index + 1 == ranges.len();
-            let (captured_tx, captured_rx) = tokio::sync::oneshot::channel();
-            let (chunk_progress, mut watched) = progress::channel();
-            let rendering = session.frames_to_video(
-                &plan,
-                *range,
-                video,
-                &chunk_progress,
-                cancel,
-                started,
-                last.then_some(captured_tx),
-            );
-            let done = range.first;
-            let rendering = async {
-                tokio::pin!(rendering);
-                loop {
-                    tokio::select! {
-                        r = &mut rendering => break r,
-                        Ok(()) = watched.changed() => {
-                            let p = *watched.borrow_and_update();
-                            progress.send_replace(RenderProgress {
-                                rendered: done + p.rendered,
-                                encoded: done + p.encoded,
-                                total: plan.total(),
-                            });
-                        }
-                    }
-                }
-            };
-            let earlier = &assets;
-            let mixing = async {
-                // No records: not the last chunk, or stage 2 failed and says why.
-                let Ok(records) = captured_rx.await else {
-                    return Ok(None);
-                };
-                let all = [earlier.as_slice(), &records].concat();
-                let mixing = Instant::now();
-                let mix = join::mix(&plan, &all, session.media_files.clone(), cancel).await?;
-                Ok::<_, RenderError>(Some((mix, mixing.elapsed())))
-            };
-            // Both run to their end, whichever fails: the encoder thread is never left
-            // writing into the chunk directory after this returns. Stage 2's error explains
-            // a failure best (the mix only starts once its frames were captured).
-            let (rendered, mixed) = tokio::join!(rendering, mixing);
-            let rendered = rendered?;
-            if let Some(mixed) = mixed? {
-                mix = Some(mixed);
-            }
-            if let Some(path) = file {
-                files.push(ChunkFile {
-                    path,
-                    frames: rendered.frames,
-                });
-            }
-            assets.extend(rendered.assets);
-        }
-        let frames = files.iter().map(|f| f.frames).sum::<u64>();
-        let (mix, mix_took) = mix.ok_or_else(|| {
-            RenderError::internal("mixing the audio", "the last chunk sent no asset records")
-        })?;
-        join::mux_mixed(&plan, &files, mix, mix_took, output).await?;
-        progress.send_replace(RenderProgress {
-            rendered: plan.total(),
-            encoded: plan.total(),
-            total: plan.total(),
-        });
-        let frames = if plan.video.is_some() {
-            frames
-        } else {
-            plan.total()
-        };
-        output_guard.1 = true;
-        Ok(outcome(frames, assets, plan))
+        Ok((session, plan))
     }
 
     /// Stage 2 as an instance that renders one chunk of someone else's plan runs it: opens
@@ -557,6 +442,158 @@ impl Session {
         )
         .await?;
         ResolvedComposition::new(info, overrides)
+    }
+
+    /// Stages 2 to 4 of `plan` on this instance, into `output`: in one piece, or with stage
+    /// 2 run once per `frames_per_chunk` frames, one chunk after the other, and the chunks
+    /// joined without re-encoding. `started` is when the render began (for its timings). On
+    /// error nothing is left at `output`.
+    pub async fn render_planned(
+        &self,
+        plan: MediaPlan,
+        output: &Path,
+        frames_per_chunk: Option<u64>,
+        progress: &ProgressSender,
+        cancel: &CancellationToken,
+        started: Instant,
+    ) -> Result<MediaOutcome, RenderError> {
+        let mut output_guard = RemoveUnlessKept(output, false);
+        plan.check_output_name(output)?;
+        let ranges = match frames_per_chunk {
+            Some(n) => {
+                if let Some(why) = plan.unchunkable() {
+                    tracing::warn!("rendering in one piece, not in chunks: {why}");
+                }
+                plan.chunks(n)
+            }
+            None => vec![plan.whole()],
+        };
+        tracing::info!(
+            composition = %plan.composition.info.id,
+            frames = plan.total(),
+            chunks = ranges.len(),
+            tabs = plan.tabs,
+            width = plan.width,
+            height = plan.height,
+            fps = plan.output_fps,
+            codec = %plan.output.codec,
+            "rendering"
+        );
+        let outcome = |frames: u64, assets: Vec<AssetRecord>, plan: MediaPlan| MediaOutcome {
+            frames,
+            width: plan.width,
+            height: plan.height,
+            assets,
+            composition: plan.composition,
+            elapsed: started.elapsed(),
+        };
+        if ranges.len() == 1 && plan.audio.is_none() && plan.video.is_some() {
+            // Nothing to add afterwards: the encoder writes the output itself.
+            let video = chunk::VideoFile::Output(output.to_path_buf());
+            let rendered = self
+                .frames_to_video(&plan, ranges[0], video, progress, cancel, started, None)
+                .await?;
+            output_guard.1 = true;
+            return Ok(outcome(rendered.frames, rendered.assets, plan));
+        }
+        // The chunks go to a directory beside the output (same filesystem), removed with it.
+        let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}.chunks-"))
+            .tempdir_in(output.parent().unwrap_or(Path::new(".")))
+            .map_err(io("creating the directory for the chunks"))?;
+        let extension = encode::chunk_container(plan.output.codec)
+            .map(|(_, e)| e)
+            .unwrap_or("video");
+        let mut files = Vec::new();
+        let mut assets = Vec::with_capacity(plan.frames.len());
+        let mut mix = None;
+        for (index, range) in ranges.iter().enumerate() {
+            let (video, file) = match plan.video {
+                Some(_) => {
+                    let path = dir.path().join(format!("chunk-{index}.{extension}"));
+                    (chunk::VideoFile::Intermediate(path.clone()), Some(path))
+                }
+                None => (chunk::VideoFile::None, None),
+            };
+            // The mix needs every frame's asset records, and nothing else: they are all
+            // known once the last chunk's frames are captured, so stage 3 runs while that
+            // chunk's encoder is still flushing.
+            let last = index + 1 == ranges.len();
+            let (captured_tx, captured_rx) = tokio::sync::oneshot::channel();
+            let (chunk_progress, mut watched) = progress::channel();
+            let rendering = self.frames_to_video(
+                &plan,
+                *range,
+                video,
+                &chunk_progress,
+                cancel,
+                started,
+                last.then_some(captured_tx),
+            );
+            let done = range.first;
+            let rendering = async {
+                tokio::pin!(rendering);
+                loop {
+                    tokio::select! {
+                        r = &mut rendering => break r,
+                        Ok(()) = watched.changed() => {
+                            let p = *watched.borrow_and_update();
+                            progress.send_replace(RenderProgress {
+                                rendered: done + p.rendered,
+                                encoded: done + p.encoded,
+                                total: plan.total(),
+                                overall: None,
+                            });
+                        }
+                    }
+                }
+            };
+            let earlier = &assets;
+            let mixing = async {
+                // No records: not the last chunk, or stage 2 failed and says why.
+                let Ok(records) = captured_rx.await else {
+                    return Ok(None);
+                };
+                let all = [earlier.as_slice(), &records].concat();
+                let mixing = Instant::now();
+                let mix = join::mix(&plan, &all, self.media_files.clone(), cancel).await?;
+                Ok::<_, RenderError>(Some((mix, mixing.elapsed())))
+            };
+            // Both run to their end, whichever fails: the encoder thread is never left
+            // writing into the chunk directory after this returns. Stage 2's error explains
+            // a failure best (the mix only starts once its frames were captured).
+            let (rendered, mixed) = tokio::join!(rendering, mixing);
+            let rendered = rendered?;
+            if let Some(mixed) = mixed? {
+                mix = Some(mixed);
+            }
+            if let Some(path) = file {
+                files.push(ChunkFile {
+                    path,
+                    frames: rendered.frames,
+                });
+            }
+            assets.extend(rendered.assets);
+        }
+        let frames = files.iter().map(|f| f.frames).sum::<u64>();
+        let (mix, mix_took) = mix.ok_or_else(|| {
+            RenderError::internal("mixing the audio", "the last chunk sent no asset records")
+        })?;
+        join::mux_mixed(&plan, &files, mix, mix_took, output).await?;
+        progress.send_replace(RenderProgress {
+            rendered: plan.total(),
+            encoded: plan.total(),
+            total: plan.total(),
+            overall: None,
+        });
+        let frames = if plan.video.is_some() {
+            frames
+        } else {
+            plan.total()
+        };
+        output_guard.1 = true;
+        Ok(outcome(frames, assets, plan))
     }
 
     /// Stage 2 alone, as an instance rendering one chunk of a plan runs it: `range` of

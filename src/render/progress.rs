@@ -10,11 +10,19 @@ pub struct RenderProgress {
     pub encoded: u64,
     /// Frames the render will capture (after frameRange and everyNthFrame).
     pub total: u64,
+    /// The whole render's progress, 0 to 1, when more than its frames counts: a render spread
+    /// over instances still has its join to do once every frame is encoded. `None`: the
+    /// frames alone decide.
+    pub overall: Option<f64>,
 }
 
 impl RenderProgress {
     /// `round((70 × rendered + 30 × encoded) / total) / 100`: 0.00 to 1.00 in steps of 0.01.
     pub fn fraction(&self) -> f64 {
+        if let Some(overall) = self.overall {
+            // Hundredths, rounded down, so that 1 means finished.
+            return ((overall * 100.0 + 1e-9).floor() / 100.0).clamp(0.0, 1.0);
+        }
         if self.total == 0 {
             return 0.0;
         }
@@ -43,6 +51,7 @@ mod tests {
                 rendered: r,
                 encoded: e,
                 total: t,
+                overall: None,
             }
             .fraction()
         };
@@ -51,5 +60,16 @@ mod tests {
         assert_eq!(p(10, 10, 10), 1.0);
         assert_eq!(p(1, 0, 3), 0.23);
         assert_eq!(p(0, 0, 0), 0.0);
+        let joining = RenderProgress {
+            rendered: 10,
+            encoded: 10,
+            total: 10,
+            overall: Some(0.976),
+        };
+        assert_eq!(
+            joining.fraction(),
+            0.97,
+            "the join's share decides, rounded down"
+        );
     }
 }

@@ -143,10 +143,128 @@ impl LocalStore {
     }
 }
 
+impl LocalStore {
+    /// Keys under `prefix` (which ends at a `/`, or names a file), in key order. Files being
+    /// written (`.{name}.partial`) are not objects yet.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let root = self.target(bucket, "x")?.parent().unwrap().to_path_buf();
+        let fail = |e: std::io::Error| StorageError::Object {
+            action: "list",
+            bucket: bucket.into(),
+            key: prefix.into(),
+            message: e.to_string(),
+        };
+        // From the prefix's deepest directory: a render's chunks, not the whole bucket.
+        let start = match prefix.rfind('/') {
+            Some(i) => root.join(&prefix[..i]),
+            None => root.clone(),
+        };
+        let walk_root = root.clone();
+        let mut keys = tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut dirs = vec![start];
+            while let Some(dir) = dirs.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                for entry in entries {
+                    let entry = entry?;
+                    let path = entry.path();
+                    if entry.file_type()?.is_dir() {
+                        dirs.push(path);
+                    } else if !entry.file_name().to_string_lossy().ends_with(".partial") {
+                        let relative = path.strip_prefix(&walk_root).expect("under the root");
+                        keys.push(relative.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| fail(std::io::Error::other(e)))?
+        .map_err(fail)?;
+        keys.retain(|k| k.starts_with(prefix));
+        keys.sort();
+        Ok(keys)
+    }
+
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        let target = self.target(bucket, key)?;
+        match tokio::fs::remove_file(&target).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StorageError::Object {
+                action: "delete",
+                bucket: bucket.into(),
+                key: key.into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
 fn fail(bucket: &str, key: &str, e: std::io::Error) -> StorageError {
     StorageError::Upload {
         bucket: bucket.into(),
         key: key.into(),
         message: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Privacy;
+
+    #[tokio::test]
+    async fn objects_are_listed_by_prefix_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().to_path_buf()).unwrap();
+        let options = ObjectOptions {
+            content_type: "application/octet-stream".into(),
+            content_disposition: None,
+            privacy: Privacy::Private,
+        };
+        for key in [
+            "renders/a/chunks/00000.1.video.chunk",
+            "renders/a/chunks/00001.1.video.chunk",
+            "renders/a/out.mp4",
+            "renders/ab/chunks/00000.1.video.chunk",
+        ] {
+            store.put_bytes("b", key, vec![1], &options).await.unwrap();
+        }
+        // A file still being written is not an object.
+        std::fs::write(dir.path().join("b/renders/a/chunks/.x.partial"), b"").unwrap();
+        let listed = store.list_keys("b", "renders/a/chunks/").await.unwrap();
+        assert_eq!(
+            listed,
+            [
+                "renders/a/chunks/00000.1.video.chunk",
+                "renders/a/chunks/00001.1.video.chunk"
+            ]
+        );
+        assert_eq!(store.list_keys("b", "renders/a").await.unwrap().len(), 4);
+        assert!(
+            store
+                .list_keys("b", "renders/zz/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .list_keys("nobucket", "renders/")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.delete("b", &listed[0]).await.unwrap();
+        store.delete("b", &listed[0]).await.unwrap();
+        assert_eq!(
+            store.list_keys("b", "renders/a/chunks/").await.unwrap(),
+            [listed[1].clone()]
+        );
     }
 }

@@ -133,6 +133,27 @@ impl Storage {
             Storage::Gcs(s) => s.download(bucket, key, dest).await,
         }
     }
+
+    /// The keys of every object under `prefix`, in key order.
+    pub async fn list_keys(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, StorageError> {
+        match self {
+            Storage::Local(s) => s.list_keys(bucket, prefix).await,
+            Storage::Gcs(s) => Ok(s
+                .list(bucket, prefix)
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect()),
+        }
+    }
+
+    /// Deletes `bucket/key`; an object that is already gone counts as deleted.
+    pub async fn delete(&self, bucket: &str, key: &str) -> Result<(), StorageError> {
+        match self {
+            Storage::Local(s) => s.delete(bucket, key).await,
+            Storage::Gcs(s) => s.delete(bucket, key).await,
+        }
+    }
 }
 
 /// The temporary file a download is written to: beside `dest`, so that persisting it is a

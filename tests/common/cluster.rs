@@ -148,14 +148,26 @@ pub struct ProxyStat {
 }
 
 impl Haproxy {
-    /// The `instances` backend and its servers, from the stats socket.
-    pub fn stats(&self) -> Vec<ProxyStat> {
+    /// One command on the stats socket, and its answer.
+    fn command(&self, command: &str) -> String {
         use std::io::{Read, Write};
         let mut socket =
             std::os::unix::net::UnixStream::connect(&self.stats).expect("HAProxy's stats socket");
-        socket.write_all(b"show stat\n").unwrap();
+        socket.write_all(format!("{command}\n").as_bytes()).unwrap();
         let mut text = String::new();
         socket.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// Routes nothing more to server `name` (`i0`, `i1`, …); its open sessions go on.
+    pub fn take_out(&self, name: &str) {
+        let answer = self.command(&format!("set server instances/{name} state maint"));
+        assert!(answer.trim().is_empty(), "HAProxy said: {answer}");
+    }
+
+    /// The `instances` backend and its servers, from the stats socket.
+    pub fn stats(&self) -> Vec<ProxyStat> {
+        let text = self.command("show stat");
         let mut lines = text.lines();
         let header: Vec<&str> = lines
             .next()
@@ -333,5 +345,13 @@ impl Cluster {
 
     pub fn logs(&self) -> String {
         self.instances.iter().map(Instance::log_text).collect()
+    }
+
+    /// Loses instance `k` as Cloud Run loses one: its front end routes nothing more to it
+    /// (HAProxy alone would learn that only from a failed connection, and in the meantime
+    /// could answer a request with 502), then SIGKILL.
+    pub fn lose(&mut self, k: usize) {
+        self.haproxy.take_out(&format!("i{k}"));
+        self.instances[k].kill();
     }
 }

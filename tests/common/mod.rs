@@ -18,6 +18,7 @@ pub mod procs;
 pub mod servers;
 pub mod service;
 pub mod sites;
+pub mod spread;
 pub mod wait;
 
 #[allow(unused_imports)]
