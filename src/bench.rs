@@ -828,6 +828,34 @@ fn bench_media(args: &BenchArgs) -> MediaOptions {
     media
 }
 
+/// The render of `media` in one piece into `path`, the baseline of `--mode chunks` and
+/// `--mode fanout`: its wall time and the CPU time of our process tree, in seconds.
+async fn one_piece(
+    renderer: &Renderer,
+    site: &SiteOptions,
+    media: &MediaOptions,
+    path: &Path,
+) -> anyhow::Result<(f64, f64)> {
+    eprintln!("one piece…");
+    let (tx, _rx) = render::progress::channel();
+    let started = Instant::now();
+    let cpu_before = tree_cpu_seconds();
+    renderer
+        .render_media(
+            site,
+            media,
+            Access::RemoteOrLocal,
+            path,
+            &tx,
+            &CancellationToken::new(),
+        )
+        .await?;
+    Ok((
+        started.elapsed().as_secs_f64(),
+        tree_cpu_seconds() - cpu_before,
+    ))
+}
+
 /// A render in `--chunks` chunks through the stages (what an instance spread over others
 /// does, here one chunk after the other) against the same frames in one piece: CPU of our
 /// process tree and wall time of each, and the join alone, per minute of video.
@@ -839,15 +867,8 @@ async fn measure_chunks(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result
     let cancel = CancellationToken::new();
     let (tx, _rx) = render::progress::channel();
 
-    eprintln!("one piece…");
     let single_path = work.path().join("single.mp4");
-    let started = Instant::now();
-    let cpu_before = tree_cpu_seconds();
-    renderer
-        .render_media(&site, &media, access, &single_path, &tx, &cancel)
-        .await?;
-    let single_seconds = started.elapsed().as_secs_f64();
-    let single_cpu = tree_cpu_seconds() - cpu_before;
+    let (single_seconds, single_cpu) = one_piece(renderer, &site, &media, &single_path).await?;
 
     eprintln!("{} chunks…", args.chunks);
     let started = Instant::now();

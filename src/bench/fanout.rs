@@ -38,15 +38,8 @@ pub async fn measure(renderer: &Renderer, args: &BenchArgs) -> anyhow::Result<St
     let cancel = CancellationToken::new();
     let (tx, _rx) = render::progress::channel();
 
-    eprintln!("one piece…");
     let single_path = work.path().join("single.mp4");
-    let started = Instant::now();
-    let cpu_before = tree_cpu_seconds();
-    renderer
-        .render_media(&site, &media, access, &single_path, &tx, &cancel)
-        .await?;
-    let single_wall = started.elapsed().as_secs_f64();
-    let single_cpu = tree_cpu_seconds() - cpu_before;
+    let (single_wall, single_cpu) = super::one_piece(renderer, &site, &media, &single_path).await?;
 
     eprintln!("the coordinator's setup…");
     let started = Instant::now();
