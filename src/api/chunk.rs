@@ -257,20 +257,16 @@ impl ChunkExecutor for StageExecutor {
 }
 
 fn invalid(message: impl Into<String>) -> WorkerFailure {
-    let mut error = ChunkError::new(names::INVALID, message);
-    error.stack = format!("{}: {}", error.name, error.message);
     WorkerFailure {
-        error,
+        error: ChunkError::new(names::INVALID, message),
         retryable: false,
     }
 }
 
 /// This instance's storage failed, not the chunk: another instance may do better.
 fn storage_failure(e: &StorageError) -> WorkerFailure {
-    let mut error = ChunkError::new(e.name(), e.to_string());
-    error.stack = format!("{}: {e}", e.name());
     WorkerFailure {
-        error,
+        error: ChunkError::new(e.name(), e.to_string()),
         retryable: true,
     }
 }

@@ -378,7 +378,7 @@ impl<R> Downloading<'_, R> {
             }
         };
         if result.frames != chunk.frames() || assets.len() as u64 != chunk.frames() {
-            let mut e = ChunkError::new(
+            let e = ChunkError::new(
                 "ChunkProtocolError",
                 format!(
                     "chunk {} has {} frames and {} asset records, not the {} of frames {}-{}",
@@ -390,7 +390,6 @@ impl<R> Downloading<'_, R> {
                     chunk.end - 1
                 ),
             );
-            e.stack = format!("{}: {}", e.name, e.message);
             return Err(ChunkFailure::Fatal(e));
         }
         tracing::info!(chunk = chunk.index, attempt, "chunk downloaded");

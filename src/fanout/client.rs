@@ -113,14 +113,13 @@ pub fn classify_refusal(
             )
         })),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-            let mut e = ChunkError::new(
+            let e = ChunkError::new(
                 names::AUTH,
                 format!(
                     "a worker refused the chunk call ({said}); every instance needs the same {} and, on Cloud Run, the service account needs roles/run.invoker on the service",
                     super::CHUNK_SECRET_ENV
                 ),
             );
-            e.stack = format!("{}: {}", e.name, e.message);
             ChunkFailure::Fatal(e)
         }
         _ => ChunkFailure::Fatal(

@@ -82,11 +82,14 @@ pub struct ChunkError {
 }
 
 impl ChunkError {
+    /// An error that has no stack of its own (not thrown by the page): its stack is
+    /// `name: message`, as the client's error objects show such errors.
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> ChunkError {
+        let (name, message) = (name.into(), message.into());
         ChunkError {
-            name: name.into(),
-            message: message.into(),
-            stack: String::new(),
+            stack: format!("{name}: {message}"),
+            name,
+            message,
         }
     }
 }

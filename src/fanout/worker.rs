@@ -65,9 +65,7 @@ impl Refusal {
             Refusal::Invalid(_) => names::INVALID,
             Refusal::Version { .. } => names::VERSION_MISMATCH,
         };
-        let mut e = ChunkError::new(name, self.to_string());
-        e.stack = format!("{name}: {self}");
-        e
+        ChunkError::new(name, self.to_string())
     }
 }
 
