@@ -195,20 +195,13 @@ impl Coordinator<'_> {
             )
             .await
             .map_err(|e| render_error_body(&e))?;
-            let slowest = report
-                .chunks
-                .iter()
-                .map(|f| f.output.result.worker_seconds)
-                .fold(0.0, f64::max);
+            let seconds = report.chunks.iter().map(|f| f.output.result.worker_seconds);
+            let slowest = seconds.clone().fold(0.0, f64::max);
             let spread = Spread {
                 chunks: spans.len(),
                 retries: report.retries,
                 duplicates: report.duplicates,
-                worker_seconds: report
-                    .chunks
-                    .iter()
-                    .map(|f| f.output.result.worker_seconds)
-                    .sum(),
+                worker_seconds: seconds.sum(),
             };
             tracing::info!(
                 chunks = spread.chunks,
