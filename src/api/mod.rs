@@ -325,6 +325,23 @@ fn streaming_response(
     (tx, response)
 }
 
+/// What every render starts with: its id (the payload's override, else a new one), recorded
+/// in its span, and its cancellation, a child of the shutdown.
+fn begin(
+    state: &AppState,
+    upload: &crate::options::UploadOptions,
+    client_version: &Option<String>,
+    span: &tracing::Span,
+) -> (String, CancellationToken) {
+    let render_id = upload
+        .render_id_override
+        .clone()
+        .unwrap_or_else(storage::random_render_id);
+    span.record("render_id", render_id.as_str());
+    log_client_version(client_version);
+    (render_id, state.shutdown.child_token())
+}
+
 fn start_media(
     state: Arc<AppState>,
     request: MediaRequest,
@@ -332,15 +349,8 @@ fn start_media(
     slot: OwnedSemaphorePermit,
     span: tracing::Span,
 ) -> Response {
-    let render_id = request
-        .upload
-        .render_id_override
-        .clone()
-        .unwrap_or_else(storage::random_render_id);
-    span.record("render_id", render_id.as_str());
     let _entered = span.enter();
-    log_client_version(&request.client_version);
-    let cancel = state.shutdown.child_token();
+    let (render_id, cancel) = begin(&state, &request.upload, &request.client_version, &span);
     let on_leave = match request.webhook {
         Some(_) => OnLeave::Continue,
         None => OnLeave::Cancel(cancel.clone()),
@@ -533,15 +543,8 @@ fn start_still(
     slot: OwnedSemaphorePermit,
     span: tracing::Span,
 ) -> Response {
-    let render_id = request
-        .upload
-        .render_id_override
-        .clone()
-        .unwrap_or_else(storage::random_render_id);
-    span.record("render_id", render_id.as_str());
     let _entered = span.enter();
-    log_client_version(&request.client_version);
-    let cancel = state.shutdown.child_token();
+    let (render_id, cancel) = begin(&state, &request.upload, &request.client_version, &span);
     let (out, response) = streaming_response(None, OnLeave::Cancel(cancel.clone()), span.clone());
     let (done_tx, done_rx) = oneshot::channel();
     tokio::spawn(stream::pump(None, done_rx, out));
