@@ -7,7 +7,7 @@ mod common;
 use cloudrun_render::options::{Codec, FrameRange, PixelFormat, VideoImageFormat};
 use cloudrun_render::render::{MediaPlan, RenderError, RenderProgress};
 use cloudrun_render::site::Access;
-use common::chunks::{Chunked, Packet, decoded_audio, render_in_chunks, render_locally_in_chunks};
+use common::chunks::{Chunked, Packet, render_in_chunks, render_locally_in_chunks};
 use common::*;
 use tokio_util::sync::CancellationToken;
 
@@ -188,7 +188,7 @@ fn the_audio_of_a_chunked_render_is_the_single_renders() {
     let single = render(&m);
     let (chunked, progress) = render_locally_in_chunks(&m, 15);
     assert_frames(&chunked.path, &(0..60).collect::<Vec<_>>());
-    let (a, b) = (decoded_audio(&single.path), decoded_audio(&chunked.path));
+    let (a, b) = (stereo_pcm(&single.path), stereo_pcm(&chunked.path));
     assert!(a.len() > 48_000 * 2, "two seconds of stereo");
     assert!(a.iter().any(|s| s.abs() > 0.1), "audible");
     // One mix of the same records, encoded once by the same encoder: identical samples.

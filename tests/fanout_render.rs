@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::chunks::{decoded_audio, render_in_chunks, video_packets};
+use common::chunks::{render_in_chunks, video_packets};
 use common::cluster::{Cluster, HaproxyOptions};
 use common::held::HeldFile;
 use common::spread::*;
@@ -116,7 +116,7 @@ fn spread_audio_is_the_single_render(cluster: &Cluster) {
 
     // The audio is mixed once from every frame's asset records, as in one instance: the
     // decoded samples are identical, not merely close.
-    let (a, b) = (decoded_audio(&single), decoded_audio(&spread));
+    let (a, b) = (stereo_pcm(&single), stereo_pcm(&spread));
     assert!(a.len() > 48_000 * 2 && a.iter().any(|s| s.abs() > 0.1));
     assert_eq!(a.len(), b.len());
     assert!(a == b, "the spread render's audio is the single render's");

@@ -51,25 +51,6 @@ pub fn video_packets(path: &Path) -> Vec<Packet> {
         .collect()
 }
 
-/// The first audio stream of `path` decoded by ffmpeg to interleaved f32.
-pub fn decoded_audio(path: &Path) -> Vec<f32> {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(path)
-        .args(["-map", "0:a:0", "-f", "f32le", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
 /// A render made chunk by chunk through the stage API.
 pub struct Chunked {
     pub plan: MediaPlan,

@@ -128,25 +128,25 @@ impl FakeGcs {
 
     /// Every key in `bucket` under `prefix`.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.list(bucket, &[("prefix", prefix)])
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The object resources of `bucket` that the emulator lists for `query`.
+    pub fn list(&self, bucket: &str, query: &[(&str, &str)]) -> Vec<Value> {
         runtime().block_on(async {
-            let v: Value = reqwest::Client::new()
+            let listing: Value = reqwest::Client::new()
                 .get(format!("{}/storage/v1/b/{bucket}/o", self.url))
-                .query(&[("prefix", prefix)])
+                .query(query)
                 .send()
                 .await
                 .unwrap()
                 .json()
                 .await
                 .unwrap();
-            v["items"]
-                .as_array()
-                .map(|items| {
-                    items
-                        .iter()
-                        .map(|o| o["name"].as_str().unwrap().to_string())
-                        .collect()
-                })
-                .unwrap_or_default()
+            listing["items"].as_array().cloned().unwrap_or_default()
         })
     }
 

@@ -426,17 +426,6 @@ async fn write_answer(
 impl FakeGcs {
     /// Every object generation in `bucket` (`versions=true`), as the emulator lists them.
     pub fn generations(&self, bucket: &str) -> Vec<Value> {
-        runtime().block_on(async {
-            let listing: Value = reqwest::Client::new()
-                .get(format!("{}/storage/v1/b/{bucket}/o", self.url))
-                .query(&[("versions", "true")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            listing["items"].as_array().cloned().unwrap_or_default()
-        })
+        self.list(bucket, &[("versions", "true")])
     }
 }
